@@ -1,0 +1,5 @@
+import sys
+
+from alzprog.cli import main
+
+sys.exit(main())

@@ -1,0 +1,158 @@
+"""Session fixtures shared by the whole suite: real MLflow server, real Redis, phantom data.
+
+Heavy fixtures are session-scoped so the suite starts MLflow once and synthesises the tiny
+phantom once. Module-specific fixtures live next to their tests.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+OASIS_SAMPLES = (REPO.parent / "shared" / "oasis-samples").resolve()
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code < 500:
+                return
+        except Exception as exc:  # noqa: BLE001 - still starting
+            last = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout}s ({last})")
+
+
+@pytest.fixture(scope="session")
+def oasis_samples() -> Path:
+    """The 20 real OASIS-1 slices (``.../oasis-samples/Data``); skips when absent."""
+    data = OASIS_SAMPLES / "Data"
+    if not data.is_dir():
+        pytest.skip(f"real OASIS samples not found at {data} (they live beside the checkout in shared/)")
+    return data
+
+
+@pytest.fixture(scope="session")
+def oasis_sample_files(oasis_samples: Path) -> list[Path]:
+    return sorted(oasis_samples.rglob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("session")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_data_home(tmp_path_factory):
+    """Every test session gets its own ALZPROG_HOME so nothing touches the user's data."""
+    home = tmp_path_factory.mktemp("alzprog_home")
+    old = os.environ.get("ALZPROG_HOME")
+    os.environ["ALZPROG_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("ALZPROG_HOME", None)
+    else:
+        os.environ["ALZPROG_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server + registry (sqlite store, local artifact folder).
+
+    Started once per session; MLFLOW_TRACKING_URI points at it for the whole session.
+    """
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen(
+        [
+            str(BIN / "mlflow"), "server",
+            "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+            "--artifacts-destination", str(root / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{uri}/health", timeout=120, proc=proc)
+    except Exception:
+        proc.kill()
+        raise RuntimeError((root / "server.log").read_text()[-3000:])
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    yield uri
+    if old is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except Exception:  # noqa: BLE001
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The real Redis on 127.0.0.1:6379, DB 11 (ours); tests use a unique key prefix, never FLUSHALL."""
+    import redis
+
+    url = os.environ.get("ALZPROG_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+    try:
+        redis.Redis.from_url(url, socket_timeout=1).ping()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"Redis not reachable at {url}: {exc}")
+    return url
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"alzprog-test-{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(session_dir: Path) -> Path:
+    """A tiny balanced phantom (12 subjects, 4 slices each), synthesised once per session."""
+    from alzprog.data.phantom import synthesize
+
+    out = session_dir / "phantom"
+    synthesize(out, n_subjects=12, seed=7, mix="balanced", slices_per_subject=4)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_split(tiny_phantom: Path, session_dir: Path) -> Path:
+    """Manifest + subject-level split of the tiny phantom."""
+    from alzprog.data.manifest import build_manifest
+    from alzprog.data.split import split_manifest
+
+    manifest = session_dir / "manifest.csv"
+    build_manifest(tiny_phantom, manifest)
+    out = session_dir / "split"
+    split_manifest(manifest, out, seed=1, test_fraction=0.25, val_fraction=0.25)
+    return out
