@@ -1,0 +1,273 @@
+"""Stage-transition generators and their discriminators, in one readable file.
+
+Two variants, chosen by ``config["variant"]``:
+
+``dcgan``  -- the published design, reproduced as the baseline: an encoder-decoder generator
+             (three 4x4 stride-2 convolutions down to 256 feature maps with batch norm and ReLU,
+             three transposed convolutions back to one channel, Tanh) and a four-layer
+             discriminator (LeakyReLU(0.2), batch norm, a realness score) that sees only the
+             output image. Trained with the adversarial loss alone, nothing ties its output to the
+             input brain.
+
+``default`` -- keeps that spirit but preserves identity: a U-Net (skip connections at every
+             scale) whose head predicts a *change*, added to the input and confined to the brain
+             mask (``output = input + mask * change``), so the background and the skull are the
+             input's by construction and a freshly initialised generator is the identity. Its
+             discriminator is conditional (PatchGAN-style: it judges the (input, output) pair,
+             one score per patch), and with ``roi`` it looks at the brain only: the pair is masked
+             to the brain before judging and the patch scores are weighted by the brain fraction
+             of each patch (``patch_weights``), as the original study's ROI discriminator.
+
+Every generator has the same interface, ``forward(x, mask=None)``: ``x`` is ``(N, 1, H, W)`` in
+[-1, 1] and ``mask`` ``(N, 1, H, W)`` with 0/1 brain mask. For a single-tensor export (ONNX,
+:func:`alzprog.artifacts.save_artifact`) the two are stacked as channels: ``x`` of shape
+``(N, 2, H, W)`` with ``mask=None`` means channel 0 = image, channel 1 = mask. ``dcgan`` accepts
+and ignores the mask. Discriminators return *logits*; the trainer applies the sigmoid inside
+``BCEWithLogits`` (the same loss as Sigmoid + BCE, numerically safer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+VARIANTS = ("default", "dcgan")
+
+
+@dataclass
+class GeneratorConfig:
+    """Architecture of one transition generator (what ``config.json`` stores besides metadata)."""
+
+    variant: str = "default"
+    base_channels: int = 32  # default U-Net width at full resolution
+    depth: int = 3  # number of stride-2 downsamplings in the U-Net
+    max_change: float = 1.0  # bound of the per-pixel change (tanh-scaled), in [-1, 1] units
+    image_size: int = 256  # canonical size the model was trained for (fully convolutional)
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> "GeneratorConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in names})
+
+
+def split_input(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(image, mask)`` from either the pair or the 2-channel stacked tensor."""
+    if mask is None:
+        if x.shape[1] == 2:
+            return x[:, :1], x[:, 1:2]
+        # No mask given with a 1-channel image: the whole frame may change.
+        return x, torch.ones_like(x)
+    return x, mask
+
+
+def stack_input(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Stack image and mask into the 2-channel tensor used for ONNX export and serving."""
+    return torch.cat([x, mask.to(x.dtype)], dim=1)
+
+
+# --------------------------------------------------------------------------- dcgan (baseline)
+
+
+class DCGANGenerator(nn.Module):
+    """The original encoder-decoder: 1 -> 64 -> 128 -> 256 -> 128 -> 64 -> 1, Tanh output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def down(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+
+        def up(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+
+        self.net = nn.Sequential(
+            *down(1, 64), *down(64, 128), *down(128, 256),
+            *up(256, 128), *up(128, 64),
+            nn.ConvTranspose2d(64, 1, 4, 2, 1), nn.Tanh(),
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        image, _ = split_input(x, mask)  # the original never used a brain mask
+        return self.net(image)
+
+
+class DCGANDiscriminator(nn.Module):
+    """The original four-layer discriminator; sees only the (possibly ROI-masked) output image.
+
+    Returns a map of realness logits (one per receptive field); the original's single score is
+    their mean after the sigmoid, which BCE over the map reproduces.
+    """
+
+    def __init__(self, roi: bool = False) -> None:
+        super().__init__()
+        self.roi = roi
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 64, 4, 2, 1), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(64, 128, 4, 2, 1, bias=False), nn.BatchNorm2d(128), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(128, 256, 4, 2, 1, bias=False), nn.BatchNorm2d(256), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(256, 1, 4, 1, 1),
+        )
+
+    def forward(self, source: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        del source  # unconditional: the original discriminator never saw the input
+        if self.roi:
+            image = roi_masked(image, mask)
+        return self.net(image)
+
+
+# --------------------------------------------------------------------------- default (ours)
+
+
+def conv_block(cin: int, cout: int) -> nn.Sequential:
+    """Two 3x3 convolutions with batch norm and ReLU (one U-Net stage)."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True),
+        nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True),
+    )
+
+
+class ResidualUNetGenerator(nn.Module):
+    """U-Net predicting a brain-confined change: ``output = clamp(x + mask * change, -1, 1)``.
+
+    Downsampling uses the dcgan's 4x4 stride-2 convolutions, upsampling its 4x4 transposed
+    convolutions; skip connections carry the subject's anatomy at every scale. The change head is
+    zero-initialised, so training starts from the identity and learns only what the disease
+    changes. The mask is also an input channel, so the network knows where the brain ends.
+    """
+
+    def __init__(self, base_channels: int = 32, depth: int = 3, max_change: float = 1.0) -> None:
+        super().__init__()
+        self.max_change = float(max_change)
+        chans = [base_channels * 2**i for i in range(depth + 1)]
+        self.stem = conv_block(2, chans[0])
+        self.downs = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(chans[i], chans[i + 1], 4, 2, 1, bias=False), nn.BatchNorm2d(chans[i + 1]), nn.ReLU(True),
+                conv_block(chans[i + 1], chans[i + 1]),
+            )
+            for i in range(depth)
+        )
+        self.ups = nn.ModuleList(
+            nn.Sequential(
+                nn.ConvTranspose2d(chans[i + 1], chans[i], 4, 2, 1, bias=False), nn.BatchNorm2d(chans[i]), nn.ReLU(True)
+            )
+            for i in reversed(range(depth))
+        )
+        self.merges = nn.ModuleList(conv_block(2 * chans[i], chans[i]) for i in reversed(range(depth)))
+        self.head = nn.Conv2d(chans[0], 1, 3, 1, 1)
+        nn.init.zeros_(self.head.weight)  # identity at initialisation
+        nn.init.zeros_(self.head.bias)
+
+    def change(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The predicted change before masking, bounded to ``[-max_change, max_change]``."""
+        h = self.stem(torch.cat([image, mask], dim=1))
+        skips = [h]
+        for down in self.downs:
+            h = down(h)
+            skips.append(h)
+        skips.pop()  # the bottleneck is h itself
+        for up, merge in zip(self.ups, self.merges):
+            h = merge(torch.cat([up(h), skips.pop()], dim=1))
+        return self.max_change * torch.tanh(self.head(h))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        image, m = split_input(x, mask)
+        m = m.to(image.dtype)
+        return torch.clamp(image + m * self.change(image, m), -1.0, 1.0)
+
+
+class ConditionalPatchDiscriminator(nn.Module):
+    """PatchGAN judging the (input, output) pair: one realness logit per ~70-pixel patch.
+
+    With ``roi`` both images are masked to the brain (background set to -1, black) before
+    judging, so skull and background cannot give a fake away, and the trainer weights the patch
+    losses by :func:`patch_weights`.
+    """
+
+    def __init__(self, base_channels: int = 32, roi: bool = True) -> None:
+        super().__init__()
+        self.roi = roi
+        c = base_channels
+        self.net = nn.Sequential(
+            nn.Conv2d(2, c, 4, 2, 1), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(c, 2 * c, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(2 * c, 4 * c, 4, 2, 1, bias=False), nn.BatchNorm2d(4 * c), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(4 * c, 4 * c, 4, 1, 1, bias=False), nn.BatchNorm2d(4 * c), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(4 * c, 1, 4, 1, 1),
+        )
+
+    def forward(self, source: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.roi:
+            source, image = roi_masked(source, mask), roi_masked(image, mask)
+        return self.net(torch.cat([source, image], dim=1))
+
+
+# --------------------------------------------------------------------------- ROI helpers
+
+
+def roi_masked(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Keep the brain, paint everything else black (-1), so only the ROI can be judged."""
+    m = mask.to(image.dtype)
+    return image * m - (1.0 - m)
+
+
+def patch_weights(mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Brain fraction of each discriminator patch, resized to the logit map and normalised.
+
+    Weights sum to the number of patches per image, so the weighted loss keeps the scale of the
+    plain mean; an image with no brain at all falls back to uniform weights.
+    """
+    w = F.adaptive_avg_pool2d(mask.to(logits.dtype), logits.shape[-2:])
+    total = w.sum(dim=(-2, -1), keepdim=True)
+    n = float(logits.shape[-2] * logits.shape[-1])
+    uniform = torch.ones_like(w)
+    return torch.where(total > 0, w * n / total.clamp_min(1e-8), uniform)
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def build_generator(config: dict[str, Any]) -> nn.Module:
+    """Rebuild a generator from its config (``config["variant"]`` in ``default`` / ``dcgan``)."""
+    cfg = GeneratorConfig.from_dict(config)
+    if cfg.variant == "dcgan":
+        return DCGANGenerator()
+    if cfg.variant == "default":
+        return ResidualUNetGenerator(cfg.base_channels, cfg.depth, cfg.max_change)
+    raise ValueError(f"unknown progression generator variant {cfg.variant!r}; expected one of {VARIANTS}")
+
+
+def build_discriminator(config: dict[str, Any]) -> nn.Module:
+    """The discriminator that goes with a generator config; ``config["roi"]`` turns the ROI on."""
+    variant = config.get("variant", "default")
+    roi = bool(config.get("roi", True))
+    if variant == "dcgan":
+        return DCGANDiscriminator(roi=roi)
+    if variant == "default":
+        return ConditionalPatchDiscriminator(int(config.get("disc_channels", config.get("base_channels", 32))), roi=roi)
+    raise ValueError(f"unknown progression generator variant {variant!r}; expected one of {VARIANTS}")
+
+
+def generator_config(variant: str = "default", **overrides: Any) -> dict[str, Any]:
+    """A complete ``config.json`` body for a generator of ``variant`` (kind included)."""
+    cfg = asdict(GeneratorConfig(variant=variant))
+    cfg.update(overrides)
+    cfg["kind"] = "progression_generator"
+    cfg["onnx_input"] = "(N, 2, H, W) float32: channel 0 image in [-1, 1], channel 1 brain mask 0/1"
+    cfg["onnx_output"] = "(N, 1, H, W) float32 image in [-1, 1]"
+    return cfg
+
+
+def init_dcgan_weights(module: nn.Module) -> None:
+    """DCGAN initialisation: N(0, 0.02) convolutions, N(1, 0.02) batch-norm scales."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
