@@ -1,0 +1,348 @@
+// The page's only script (loaded from this origin; the CSP forbids inline code).
+// Flow: pick or drop a file -> POST /api/predict?explain=true -> show stage, bars, Grad-CAM
+// -> POST /api/progression -> show the original beside each synthesized stage.
+"use strict";
+
+(function () {
+  // Severity order of the four stages (the exact Kaggle folder names the API uses).
+  const STAGE_ORDER = ["Non Demented", "Very mild Dementia", "Mild Dementia", "Moderate Dementia"];
+  const REQUEST_TIMEOUT_MS = 180000;
+  // Formats the gateway accepts; checked here only to give a quick, friendly message.
+  const ACCEPTED = /\.(png|jpe?g|dcm|dicom|nii|nii\.gz)$/i;
+  // Magic bytes of formats a browser can preview directly from a blob: URL.
+  const PNG_MAGIC = [0x89, 0x50, 0x4e, 0x47];
+  const JPEG_MAGIC = [0xff, 0xd8, 0xff];
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    form: $("upload-form"),
+    input: $("file-input"),
+    drop: $("drop-zone"),
+    fileName: $("file-name"),
+    button: $("analyse-btn"),
+    optExplain: $("opt-explain"),
+    optProgression: $("opt-progression"),
+    status: $("status"),
+    statusText: $("status-text"),
+    error: $("error"),
+    errorText: $("error-text"),
+    result: $("result"),
+    stageName: $("stage-name"),
+    stageMeta: $("stage-meta"),
+    bars: $("prob-bars"),
+    originalImg: $("original-img"),
+    noPreview: $("no-preview"),
+    gradcamCard: $("gradcam-card"),
+    gradcamImg: $("gradcam-img"),
+    saliency: $("saliency"),
+    progression: $("progression"),
+    progressionNote: $("progression-note"),
+    strip: $("strip"),
+    generatorMeta: $("generator-meta"),
+  };
+
+  let currentFile = null;
+  let previewUrl = null; // blob: URL of the local preview, revoked when replaced
+  let originalSrc = null; // what the strip shows as the original (blob: or the gateway's canonical PNG)
+  let busy = false;
+
+  function setBusy(on, text) {
+    busy = on;
+    el.button.disabled = on || !currentFile;
+    el.input.disabled = on;
+    el.drop.classList.toggle("is-disabled", on);
+    document.body.setAttribute("aria-busy", on ? "true" : "false");
+    el.status.hidden = !on;
+    if (text) el.statusText.textContent = text;
+  }
+
+  function showError(message) {
+    el.errorText.textContent = message;
+    el.error.hidden = false;
+  }
+
+  function clearError() {
+    el.error.hidden = true;
+    el.errorText.textContent = "";
+  }
+
+  function formatPercent(p) {
+    const v = Math.max(0, Math.min(1, Number(p) || 0)) * 100;
+    return (v >= 99.95 || v < 0.05 ? v.toFixed(0) : v.toFixed(1)) + "%";
+  }
+
+  function isDataPng(src) {
+    return typeof src === "string" && src.startsWith("data:image/png;base64,");
+  }
+
+  async function sniffPreviewable(file) {
+    const head = new Uint8Array(await file.slice(0, 4).arrayBuffer());
+    const starts = (magic) => magic.every((b, i) => head[i] === b);
+    return starts(PNG_MAGIC) || starts(JPEG_MAGIC);
+  }
+
+  async function chooseFile(file) {
+    if (!file || busy) return;
+    clearError();
+    // DICOM files often have no extension at all; only a known-wrong extension is refused here.
+    if (/\.[a-z0-9]+$/i.test(file.name) && !ACCEPTED.test(file.name)) {
+      showError("Please choose a PNG, JPEG, DICOM (.dcm) or NIfTI (.nii, .nii.gz) file.");
+      return;
+    }
+    currentFile = file;
+    el.fileName.textContent = file.name; // shown locally only; never sent to the server
+    el.button.disabled = false;
+    if (previewUrl) URL.revokeObjectURL(previewUrl);
+    previewUrl = null;
+    originalSrc = null;
+    if (await sniffPreviewable(file)) {
+      previewUrl = URL.createObjectURL(file);
+      originalSrc = previewUrl;
+    }
+    await analyse();
+  }
+
+  // Reads the API's JSON; turns the project's error shape into a readable message.
+  async function postFile(path) {
+    const body = new FormData();
+    // A neutral part name: the gateway sniffs the format from the bytes, and the user's
+    // file name (often a patient identifier) never leaves the browser.
+    body.append("file", currentFile, "upload");
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), REQUEST_TIMEOUT_MS);
+    let response;
+    try {
+      response = await fetch(path, {
+        method: "POST",
+        body,
+        signal: controller.signal,
+        headers: { Accept: "application/json" },
+        credentials: "same-origin",
+        cache: "no-store",
+      });
+    } catch (err) {
+      throw new Error(
+        err && err.name === "AbortError"
+          ? "The server took too long to answer."
+          : "Could not reach the server. Check your connection and try again."
+      );
+    } finally {
+      clearTimeout(timer);
+    }
+    let data = null;
+    try {
+      data = await response.json();
+    } catch (err) {
+      data = null;
+    }
+    if (!response.ok) {
+      const apiError = data && data.error ? data.error : null;
+      let message = apiError && apiError.message ? apiError.message : "HTTP " + response.status;
+      if (apiError && apiError.code) message += " (" + apiError.code + ")";
+      const retry = response.headers.get("Retry-After");
+      if (retry && /^\d+$/.test(retry)) message += " Try again in " + retry + " s.";
+      const error = new Error(message);
+      error.status = response.status;
+      throw error;
+    }
+    if (!data || typeof data !== "object") throw new Error("The server sent an unreadable answer.");
+    return data;
+  }
+
+  function orderedStages(probabilities) {
+    const names = Object.keys(probabilities || {});
+    const known = STAGE_ORDER.filter((s) => names.includes(s));
+    return known.concat(names.filter((s) => !STAGE_ORDER.includes(s)));
+  }
+
+  function renderBars(probabilities, predicted) {
+    el.bars.replaceChildren();
+    for (const stage of orderedStages(probabilities)) {
+      const p = Number(probabilities[stage]) || 0;
+      const li = document.createElement("li");
+      li.className = "prob" + (stage === predicted ? " is-predicted" : "");
+      const name = document.createElement("span");
+      name.className = "prob-name";
+      name.textContent = stage;
+      const bar = document.createElement("span");
+      bar.className = "prob-bar";
+      bar.setAttribute("role", "progressbar");
+      bar.setAttribute("aria-label", stage);
+      bar.setAttribute("aria-valuemin", "0");
+      bar.setAttribute("aria-valuemax", "100");
+      bar.setAttribute("aria-valuenow", (p * 100).toFixed(1));
+      const fill = document.createElement("span");
+      fill.className = "prob-fill";
+      // CSSOM writes are allowed under style-src 'self' (only markup style attributes are not).
+      fill.style.width = (Math.max(0, Math.min(1, p)) * 100).toFixed(2) + "%";
+      bar.appendChild(fill);
+      const pct = document.createElement("span");
+      pct.className = "prob-pct";
+      pct.textContent = formatPercent(p);
+      li.append(name, bar, pct);
+      el.bars.appendChild(li);
+    }
+  }
+
+  function modelText(model) {
+    if (!model) return "";
+    return (model.name || "model") + " v" + (model.version || "?");
+  }
+
+  // The gateway may return the canonical (cropped, resized) slice as a PNG data URL; it is
+  // the only preview possible for DICOM and NIfTI.
+  function canonicalFrom(data) {
+    const candidates = [data.canonical, data.canonical_image, data.input_image, data.original];
+    return candidates.find(isDataPng) || null;
+  }
+
+  function renderPrediction(data) {
+    el.stageName.textContent = data.stage || "unknown";
+    const meta = [];
+    if (data.probabilities && data.stage in data.probabilities) {
+      meta.push("probability " + formatPercent(data.probabilities[data.stage]));
+    }
+    if (data.model) meta.push(modelText(data.model));
+    if (data.cached) meta.push("from cache");
+    el.stageMeta.textContent = meta.join(" · ");
+    renderBars(data.probabilities || {}, data.stage);
+
+    const canonical = canonicalFrom(data);
+    if (!originalSrc && canonical) originalSrc = canonical;
+    if (originalSrc) {
+      el.originalImg.src = originalSrc;
+      el.originalImg.hidden = false;
+      el.noPreview.hidden = true;
+    } else {
+      el.originalImg.removeAttribute("src");
+      el.originalImg.hidden = true;
+      el.noPreview.hidden = false;
+    }
+
+    const explain = data.explain || null;
+    const overlay = explain && (explain.overlay || explain.gradcam);
+    if (isDataPng(overlay)) {
+      el.gradcamImg.src = overlay;
+      el.gradcamCard.hidden = false;
+      const frac = explain.saliency_in_brain ?? explain.in_brain_fraction ?? explain.saliency_fraction;
+      el.saliency.textContent =
+        typeof frac === "number" ? "(" + formatPercent(frac) + " of the saliency inside the brain)" : "";
+    } else {
+      el.gradcamImg.removeAttribute("src");
+      el.gradcamCard.hidden = true;
+    }
+    el.result.hidden = false;
+  }
+
+  function stripItem(src, label, synthetic) {
+    const li = document.createElement("li");
+    li.className = "strip-item" + (synthetic ? " is-synthetic" : " is-original");
+    const fig = document.createElement("figure");
+    const img = document.createElement("img");
+    if (src) img.src = src;
+    img.alt = synthetic ? "Synthesized image, " + label + " (synthetic, not for diagnosis)" : label;
+    const cap = document.createElement("figcaption");
+    const name = document.createElement("span");
+    name.className = "strip-stage";
+    name.textContent = label;
+    cap.appendChild(name);
+    const badge = document.createElement("span");
+    badge.className = synthetic ? "badge badge-synthetic" : "badge badge-original";
+    badge.textContent = synthetic ? "SYNTHETIC" : "ORIGINAL";
+    cap.appendChild(badge);
+    if (src) fig.appendChild(img);
+    else {
+      const ph = document.createElement("div");
+      ph.className = "no-preview-box";
+      ph.textContent = "No preview";
+      fig.appendChild(ph);
+    }
+    fig.appendChild(cap);
+    li.appendChild(fig);
+    return li;
+  }
+
+  function renderProgression(data) {
+    const steps = Array.isArray(data.steps) ? data.steps : [];
+    const canonical = canonicalFrom(data);
+    if (!originalSrc && canonical) originalSrc = canonical;
+    el.strip.replaceChildren();
+    el.strip.appendChild(stripItem(originalSrc, "Original: " + (data.stage || ""), false));
+    for (const step of steps) {
+      if (!isDataPng(step.image)) continue; // only our own PNG data URLs are ever shown
+      el.strip.appendChild(stripItem(step.image, step.stage || "", true));
+    }
+    if (steps.length === 0) {
+      el.progressionNote.textContent =
+        "The predicted stage is the last one; there is no later stage to synthesize.";
+      el.progressionNote.hidden = false;
+    } else {
+      el.progressionNote.hidden = true;
+    }
+    const gens = data.generators || data.generator_models || data.models || null;
+    let genText = "";
+    if (Array.isArray(gens)) genText = gens.map(modelText).filter(Boolean).join(", ");
+    else if (gens && typeof gens === "object") {
+      genText = Object.values(gens)
+        .map((m) => (typeof m === "object" ? modelText(m) : String(m)))
+        .join(", ");
+    } else {
+      genText = steps
+        .map((s) => (s.model ? modelText(s.model) : ""))
+        .filter(Boolean)
+        .join(", ");
+    }
+    el.generatorMeta.textContent = genText ? "Generators: " + genText : "";
+    el.progression.hidden = false;
+  }
+
+  async function analyse() {
+    if (!currentFile || busy) return;
+    clearError();
+    el.result.hidden = true;
+    el.progression.hidden = true;
+    el.strip.replaceChildren();
+    try {
+      setBusy(true, "Classifying the slice…");
+      const explain = el.optExplain.checked ? "?explain=true" : "";
+      const prediction = await postFile("api/predict" + explain);
+      renderPrediction(prediction);
+      if (el.optProgression.checked) {
+        setBusy(true, "Synthesizing the progression (this can take a few seconds)…");
+        const progression = await postFile("api/progression");
+        renderProgression(progression);
+      }
+    } catch (err) {
+      showError(err && err.message ? err.message : String(err));
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  el.input.addEventListener("change", () => {
+    if (el.input.files && el.input.files[0]) chooseFile(el.input.files[0]);
+  });
+  el.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    analyse();
+  });
+  for (const name of ["dragenter", "dragover"]) {
+    el.drop.addEventListener(name, (event) => {
+      event.preventDefault();
+      if (!busy) el.drop.classList.add("is-dragover");
+    });
+  }
+  for (const name of ["dragleave", "dragend"]) {
+    el.drop.addEventListener(name, () => el.drop.classList.remove("is-dragover"));
+  }
+  el.drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    el.drop.classList.remove("is-dragover");
+    const files = event.dataTransfer && event.dataTransfer.files;
+    if (files && files[0]) chooseFile(files[0]);
+  });
+  // A file dropped outside the zone must not navigate away from the page.
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => event.preventDefault());
+  document.body.setAttribute("data-ready", "true");
+})();
