@@ -1,0 +1,376 @@
+"""The one preprocessing path, shared by training, evaluation and every service.
+
+A slice goes ``decode`` -> :func:`canonicalize` (crop to the head, pad to a square, resize to
+:data:`CANONICAL_SIZE`, brain mask) -> :func:`classifier_input` or :func:`generator_input`.
+Anything a model sees, in training or in serving, passes through these functions, so a
+change here changes both sides at once.
+
+The brain mask is computed from the image alone (no atlas, no registration): the head is
+found by an Otsu threshold; the skull/scalp band at the head border is cut off; tissue of
+brain intensity is split by the dark skull gap and CSF from the bright scalp fat; the brain
+is the tissue component nearest the head centre grown by its close neighbours (temporal
+lobes, brainstem), smoothed and hole-filled. It is tuned on the real OASIS-1 slices in
+``shared/oasis-samples`` (see docs/img/brain_mask_real.png) and works at a fixed working
+resolution so its cost does not depend on the input size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage as ndi
+
+CANONICAL_SIZE = 256
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+# Masks are computed on a copy whose longest side is this many pixels: morphology cost is
+# then constant (~ a few ms) whatever the upload size, and the parameters below are tuned
+# in these units.
+_WORK_SIDE = 192
+# Margin around the head's bounding box, as a fraction of the box's longer side.
+_CROP_MARGIN = 0.04
+
+
+# ---------------------------------------------------------------------------------------
+# Small image-analysis helpers (numpy/scipy only: fast to import, deterministic)
+
+
+def _disk(radius: int) -> np.ndarray:
+    r = max(int(radius), 1)
+    y, x = np.ogrid[-r : r + 1, -r : r + 1]
+    return x * x + y * y <= r * r
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, n = ndi.label(mask)
+    if n == 0:
+        return mask.copy()
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
+def _otsu(values: np.ndarray) -> float:
+    """Otsu threshold of uint8-range values (between-class variance maximised)."""
+    hist = np.bincount(np.clip(values, 0, 255).astype(np.uint8).ravel(), minlength=256).astype(np.float64)
+    if hist.sum() == 0:
+        return 0.0
+    p = hist / hist.sum()
+    w = np.cumsum(p)
+    mu = np.cumsum(p * np.arange(256))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu[-1] * w - mu) ** 2 / (w * (1.0 - w))
+    return float(np.argmax(np.nan_to_num(between)))
+
+
+def _otsu3(values: np.ndarray) -> tuple[float, float]:
+    """Two thresholds splitting values into three classes (dark / tissue / bright).
+
+    Exhaustive search over a 64-bin histogram: 2k candidate pairs, vectorised.
+    """
+    hist = np.bincount((np.clip(values, 0, 255).astype(np.uint8) >> 2).ravel(), minlength=64).astype(np.float64)
+    total = hist.sum()
+    if total == 0:
+        return 0.0, 0.0
+    p = hist / total
+    levels = np.arange(64) * 4.0 + 1.5
+    w = np.concatenate([[0.0], np.cumsum(p)])
+    m = np.concatenate([[0.0], np.cumsum(p * levels)])
+    mt = m[-1]
+    best, t1, t2 = -1.0, 0, 0
+    i = np.arange(1, 63)[:, None]
+    j = np.arange(2, 64)[None, :]
+    valid = j > i
+    w0, m0 = w[i], m[i]
+    w1, m1 = w[j] - w[i], m[j] - m[i]
+    w2, m2 = 1.0 - w[j], mt - m[j]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = m0**2 / w0 + m1**2 / w1 + m2**2 / w2
+    var = np.where(valid & (w0 > 0) & (w1 > 0) & (w2 > 0), var, -1.0)
+    k = int(np.argmax(var))
+    a, b = np.unravel_index(k, var.shape)
+    best = var[a, b]
+    if best < 0:
+        return _otsu(values), _otsu(values)
+    t1, t2 = int(i[a, 0]), int(j[0, b])
+    return t1 * 4.0, t2 * 4.0
+
+
+def _resize(arr: np.ndarray, shape: tuple[int, int], resample: int = Image.BILINEAR) -> np.ndarray:
+    """Resize a uint8 2-D array to (height, width) with PIL (antialiased when shrinking)."""
+    h, w = shape
+    if arr.shape == (h, w):
+        return arr
+    return np.asarray(Image.fromarray(arr).resize((w, h), resample=resample))
+
+
+def _resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if mask.shape == tuple(shape):
+        return mask.astype(bool)
+    up = _resize(mask.astype(np.uint8) * 255, shape, Image.BILINEAR)
+    return up >= 128
+
+
+def _to_uint8_gray(gray: np.ndarray) -> np.ndarray:
+    a = np.asarray(gray)
+    if a.ndim == 3 and a.shape[2] in (3, 4):  # tolerate RGB(A) arrays: luminance
+        a = a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114
+    if a.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale image, got shape {a.shape}")
+    if a.dtype != np.uint8:
+        a = np.clip(np.rint(a.astype(np.float64)), 0, 255).astype(np.uint8)
+    return a
+
+
+def _work_copy(gray: np.ndarray) -> tuple[np.ndarray, float]:
+    """A smoothed float copy whose longer side is at most _WORK_SIDE, and its scale."""
+    h, w = gray.shape
+    scale = min(1.0, _WORK_SIDE / max(h, w))
+    small = _resize(gray, (max(1, round(h * scale)), max(1, round(w * scale))))
+    return ndi.gaussian_filter(small.astype(np.float32), 0.7), scale
+
+
+def _head_mask_work(g: np.ndarray) -> np.ndarray:
+    """Head foreground (tissue + skull + scalp) at working resolution."""
+    t = _otsu(g)
+    head = g > max(0.5 * t, 8.0)
+    head = ndi.binary_closing(head, _disk(2), border_value=0)
+    head = ndi.binary_fill_holes(head)
+    head = ndi.binary_opening(head, _disk(1))
+    return _largest_component(head)
+
+
+def head_mask(gray: np.ndarray) -> np.ndarray:
+    """Boolean mask of the whole head (brain, skull, scalp) against the dark background."""
+    g8 = _to_uint8_gray(gray)
+    g, _ = _work_copy(g8)
+    return _resize_mask(_head_mask_work(g), g8.shape)
+
+
+def _brain_mask_work(g: np.ndarray, head: np.ndarray) -> np.ndarray:
+    area = int(head.sum())
+    if area < 64:
+        return np.zeros_like(head)
+    radius = np.sqrt(area / np.pi)  # radius of a disc of the head's area
+    dist = ndi.distance_transform_edt(np.pad(head, 1))[1:-1, 1:-1]
+    # The skull and scalp form a band along the head border: never brain.
+    rim = dist < 0.06 * radius
+    lo, hi = _otsu3(g[head])
+    # Brain tissue: brighter than the skull gap / CSF, darker than scalp and orbital fat.
+    tissue = head & ~rim & (g > 0.65 * lo) & (g < 1.3 * hi)
+    r = max(1, int(round(0.03 * radius)))
+    # Erode so that thin tissue bridges across the skull gap (to scalp, muscles) break.
+    core = ndi.binary_erosion(tissue, _disk(r))
+    labels, n = ndi.label(core)
+    if n == 0:
+        return np.zeros_like(head)
+    sizes = np.bincount(labels.ravel()).astype(np.float64)
+    sizes[0] = 0
+    cy, cx = ndi.center_of_mass(head)
+    centres = ndi.center_of_mass(core, labels, range(1, n + 1))
+    # Prefer large components near the head centre (the brain, not a piece of face).
+    score = sizes.copy()
+    for i, (y, x) in enumerate(centres, start=1):
+        d = np.hypot((y - cy) / head.shape[0], (x - cx) / head.shape[1])
+        score[i] = sizes[i] / (1.0 + 4.0 * d)
+    best = int(np.argmax(score))
+    brain = labels == best
+    # Grow by sizeable components lying close to the accepted region: the temporal lobes
+    # and the brainstem are cut off from the cerebrum / cerebellum by thin CSF spaces.
+    min_size = 0.02 * sizes[best]
+    taken = np.zeros(n + 1, dtype=bool)
+    taken[0] = taken[best] = True
+    while True:
+        near = np.unique(labels[ndi.binary_dilation(brain, _disk(3 * r))])
+        new = [int(i) for i in near if not taken[i] and sizes[i] >= min_size]
+        if not new:
+            break
+        for i in new:
+            taken[i] = True
+            brain |= labels == i
+    brain = ndi.binary_dilation(brain, _disk(r)) & tissue
+    brain = ndi.binary_closing(brain, _disk(2 * r))
+    brain = ndi.binary_fill_holes(brain)
+    brain = ndi.binary_opening(brain, _disk(r))
+    return _largest_component(brain) & head & ~rim
+
+
+def brain_mask(gray: np.ndarray) -> np.ndarray:
+    """Boolean mask of the brain (no skull, scalp or background), from the image alone.
+
+    Works on any 2-D grayscale slice (uint8, or any numeric array, which is rounded and
+    clipped to 0-255); returns an array of the input's shape. An image with no head (blank)
+    gives an all-False mask.
+    """
+    g8 = _to_uint8_gray(gray)
+    g, _ = _work_copy(g8)
+    head = _head_mask_work(g)
+    return _resize_mask(_brain_mask_work(g, head), g8.shape)
+
+
+# ---------------------------------------------------------------------------------------
+# Canonical slice
+
+
+@dataclass(frozen=True, eq=False)
+class CanonicalSlice:
+    """A slice in the canonical frame: head centred, square, ``size`` x ``size``.
+
+    ``image`` is uint8, ``mask`` is the boolean brain mask of ``image``; both read-only.
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 over the shape and pixel bytes: the services' cache key."""
+        h = hashlib.sha256()
+        h.update(f"{self.image.shape[0]}x{self.image.shape[1]}:".encode())
+        h.update(np.ascontiguousarray(self.image, dtype=np.uint8).tobytes())
+        return h.hexdigest()
+
+    @property
+    def size(self) -> int:
+        return int(self.image.shape[0])
+
+
+def head_bbox(gray: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right), exclusive ends, of the head with a small margin.
+
+    The whole image when no head is found.
+    """
+    g8 = _to_uint8_gray(gray)
+    g, scale = _work_copy(g8)
+    head = _head_mask_work(g)
+    H, W = g8.shape
+    if head.sum() < 16:
+        return 0, H, 0, W
+    rows = np.flatnonzero(head.any(axis=1))
+    cols = np.flatnonzero(head.any(axis=0))
+    # Back to full-resolution coordinates (a working pixel covers 1/scale source pixels).
+    top, bottom = rows[0] / scale, (rows[-1] + 1) / scale
+    left, right = cols[0] / scale, (cols[-1] + 1) / scale
+    margin = _CROP_MARGIN * max(bottom - top, right - left)
+    top = max(0, int(np.floor(top - margin)))
+    left = max(0, int(np.floor(left - margin)))
+    bottom = min(H, int(np.ceil(bottom + margin)))
+    right = min(W, int(np.ceil(right + margin)))
+    return top, bottom, left, right
+
+
+def canonicalize(gray: np.ndarray, size: int = CANONICAL_SIZE) -> CanonicalSlice:
+    """Crop to the head (small margin), pad to a square with background, resize to ``size``.
+
+    Deterministic; the mask is :func:`brain_mask` of the canonical image, so a canonical
+    image always carries the same mask whoever computes it.
+    """
+    if int(size) < 16:
+        raise ValueError(f"size must be at least 16, got {size}")
+    g8 = _to_uint8_gray(gray)
+    top, bottom, left, right = head_bbox(g8)
+    crop = g8[top:bottom, left:right]
+    h, w = crop.shape
+    side = max(h, w)
+    square = np.zeros((side, side), dtype=np.uint8)  # background is black in MRI
+    y0, x0 = (side - h) // 2, (side - w) // 2
+    square[y0 : y0 + h, x0 : x0 + w] = crop
+    image = _resize(square, (size, size), Image.BILINEAR).copy()
+    mask = brain_mask(image)
+    image.setflags(write=False)
+    mask.setflags(write=False)
+    return CanonicalSlice(image=image, mask=mask)
+
+
+def load_canonical(path_or_bytes: str | Path | bytes, size: int = CANONICAL_SIZE) -> CanonicalSlice:
+    """Decode a file (path) or an upload (bytes) and canonicalize it."""
+    from alzprog.decode import decode_slice, read_slice
+
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        gray = decode_slice(bytes(path_or_bytes))
+    else:
+        gray = read_slice(path_or_bytes)
+    return canonicalize(gray, size)
+
+
+# ---------------------------------------------------------------------------------------
+# Model inputs and outputs
+
+
+def classifier_input(
+    image: np.ndarray,
+    size: int,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """uint8 HxW -> float32 (3, size, size): grayscale replicated, normalised per channel."""
+    g8 = _to_uint8_gray(image)
+    g8 = _resize(g8, (size, size), Image.BILINEAR)
+    x = torch.from_numpy(g8.astype(np.float32) / 255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (x.unsqueeze(0).expand(3, -1, -1) - m) / s
+
+
+def generator_input(image: np.ndarray, size: int | None = None) -> torch.Tensor:
+    """uint8 HxW -> float32 (1, H, W) in [-1, 1] (resized to ``size`` x ``size`` if given)."""
+    g8 = _to_uint8_gray(image)
+    if size is not None:
+        g8 = _resize(g8, (size, size), Image.BILINEAR)
+    return torch.from_numpy(g8.astype(np.float32) / 127.5 - 1.0).unsqueeze(0)
+
+
+def generator_output_to_uint8(t: torch.Tensor) -> np.ndarray:
+    """Generator output in [-1, 1], shaped (H, W), (1, H, W) or (1, 1, H, W) -> uint8 HxW."""
+    x = t.detach().to("cpu", torch.float32)
+    while x.ndim > 2 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 2:
+        raise ValueError(f"expected one single-channel image, got shape {tuple(t.shape)}")
+    x = torch.nan_to_num(x, nan=0.0).clamp(-1.0, 1.0)
+    return ((x + 1.0) * 127.5).round().to(torch.uint8).numpy()
+
+
+def mask_tensor(mask: np.ndarray, size: int | None = None) -> torch.Tensor:
+    """Boolean HxW mask -> float32 (1, H, W) of 0/1 (nearest-neighbour resize if ``size``)."""
+    m = np.asarray(mask).astype(bool)
+    if size is not None and m.shape != (size, size):
+        m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) >= 128
+    return torch.from_numpy(m.astype(np.float32)).unsqueeze(0)
+
+
+def mark_synthetic(image: np.ndarray) -> np.ndarray:
+    """Return an RGB uint8 copy with a visible "SYNTHETIC" banner burnt into the pixels.
+
+    Every generated image shown to a person carries it, so a synthetic slice cannot be
+    mistaken for a scan. The banner spans most of the width whatever the image size.
+    """
+    a = np.asarray(image)
+    if a.ndim == 2:
+        rgb = np.stack([_to_uint8_gray(a)] * 3, axis=-1)
+    elif a.ndim == 3 and a.shape[2] in (3, 4):
+        rgb = np.ascontiguousarray(a[..., :3]).astype(np.uint8)
+    else:
+        raise ValueError(f"expected HxW or HxWx3 pixels, got shape {a.shape}")
+    pil = Image.fromarray(rgb, mode="RGB")
+    w, h = pil.size
+    text = "SYNTHETIC"
+    # Pick the font size that makes the word about 60 % of the image width.
+    font_size = max(8, int(w * 0.6 / 6.0))
+    font = ImageFont.load_default(size=font_size)
+    draw = ImageDraw.Draw(pil)
+    l, t_, r, b = draw.textbbox((0, 0), text, font=font)
+    tw, th = r - l, b - t_
+    pad = max(2, font_size // 6)
+    x = (w - tw) // 2
+    y = pad
+    draw.rectangle([x - pad, y - pad, x + tw + pad, y + th + pad], fill=(0, 0, 0))
+    draw.text((x - l, y - t_), text, font=font, fill=(255, 210, 0))
+    return np.asarray(pil, dtype=np.uint8).copy()
+
