@@ -49,6 +49,9 @@ BOMB_RATIO = 100.0
 # Volumes (NIfTI, multi-frame DICOM): total voxels and bytes after decompression.
 MAX_VOXELS = 2**27  # 134 M voxels, e.g. 512^3
 MAX_VOLUME_BYTES = 512 * 1024 * 1024
+# A deflated DICOM dataset may inflate to at most this (an MR image is < 1 MiB; a
+# multi-frame series a few tens of MiB).
+MAX_DICOM_INFLATED = 64 * 1024 * 1024
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -337,13 +340,17 @@ def _dicom_dataset(data: bytes, stop_before_pixels: bool):  # noqa: ANN202 - pyd
     from pydicom.filereader import _read_file_meta_info
     from pydicom.filewriter import write_file_meta_info
 
+    # pydicom's value validation warns *and logs* offending header values, which may be
+    # personal data: never validate while reading untrusted uploads (this process only
+    # reads DICOM to get pixels out).
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     fp = io.BytesIO(data)
     fp.seek(132)
     meta = _read_file_meta_info(fp)
     ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
     if ts == _DEFLATED_TS:
         # pydicom would inflate the rest without any bound: do it ourselves, bounded.
-        body, exhausted = _bounded_inflate(data[fp.tell():], -zlib.MAX_WBITS, MAX_VOLUME_BYTES)
+        body, exhausted = _bounded_inflate(data[fp.tell():], -zlib.MAX_WBITS, MAX_DICOM_INFLATED)
         if exhausted:
             raise ImageDecodeError(
                 "decompression_bomb", "the deflated DICOM dataset expands beyond the size limit"
