@@ -1,0 +1,27 @@
+# syntax=docker/dockerfile:1
+# MLflow tracking server + model registry with a PostgreSQL backend store; artifacts are
+# served through the server (--serve-artifacts) from a volume at /mlartifacts.
+# Build from the repository root:  docker build -f deploy/docker/mlflow.Dockerfile -t alzprog/mlflow .
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY requirements.lock /src/requirements.lock
+# mlflow at the project's pin; psycopg2-binary is the PostgreSQL driver SQLAlchemy uses.
+RUN pip install --no-cache-dir -c /src/requirements.lock mlflow psycopg2-binary==2.9.13
+
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH
+RUN groupadd --system --gid 10001 mlflow \
+    && useradd --system --uid 10001 --gid mlflow --create-home --home-dir /home/mlflow mlflow \
+    && mkdir -p /mlartifacts && chown mlflow:mlflow /mlartifacts
+COPY --from=build /opt/venv /opt/venv
+USER 10001:10001
+EXPOSE 5000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=5 \
+    CMD ["python", "-c", "import sys,urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:5000/health', timeout=2).status == 200 else 1)"]
+# The backend store URI comes from the environment (it carries the database password).
+CMD ["sh", "-c", "exec mlflow server --backend-store-uri \"$MLFLOW_BACKEND_STORE_URI\" --artifacts-destination /mlartifacts --serve-artifacts --host 0.0.0.0 --port 5000 --workers \"${MLFLOW_WORKERS:-2}\" --allowed-hosts \"${MLFLOW_ALLOWED_HOSTS:-mlflow,mlflow:5000,mlflow.*,localhost,localhost:*,127.0.0.1:*}\""]
