@@ -1,0 +1,1 @@
+"""Classifier service: the stage classifier champion behind ``POST /v1/classify``."""

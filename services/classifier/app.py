@@ -1,0 +1,165 @@
+"""Classifier service routes: ``POST /v1/classify``, ``/v1/info``, ``/livez``, ``/readyz``, ``/metrics``.
+
+Internal service: it receives the canonical slice from the gateway in the raw wire format of
+:mod:`services.common.wire` (no image decoder runs here) and answers with the calibrated
+stage probabilities of the champion it currently serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+
+from alzprog.preprocessing import CANONICAL_SIZE
+
+from services.classifier.model_holder import ClassifierRuntime, make_loader
+from services.classifier.settings import Settings, get_settings
+from services.common import metrics
+from services.common.admission import AdmissionLimiter
+from services.common.app import Lifecycle, build_app, serve
+from services.common.cpu import available_cpus
+from services.common.errors import ERROR_RESPONSES, ServiceError, unavailable
+from services.common.logs import configure_logging
+from services.common.model_slot import ModelSlot, SlotWatcher
+from services.common.ort import choose_providers, intra_op_threads
+from services.common.wire import SHAPE_HEADER, decode_canonical
+
+SERVICE = "classifier"
+log = logging.getLogger("classifier")
+
+CANONICAL_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "example": "256*256 uint8 pixels, optionally followed by 256*256 mask bytes (0/1)",
+            }
+        },
+    },
+    "parameters": [
+        {"name": SHAPE_HEADER, "in": "header", "required": True, "schema": {"type": "string", "example": "256x256"}}
+    ],
+}
+
+
+class ClassifierState:
+    """Everything the routes need, created in the lifespan."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.concurrency = settings.max_concurrency or available_cpus()
+        providers = choose_providers(settings.providers)
+        threads = intra_op_threads(settings.intra_op_threads, self.concurrency)
+        self.slot: ModelSlot[ClassifierRuntime] = ModelSlot(SERVICE, settings.model_name, settings.alias, make_loader(providers, threads))
+        self.watcher = SlotWatcher([self.slot], poll_s=settings.poll_seconds, retry_s=settings.retry_seconds)
+        self.limiter = AdmissionLimiter(self.concurrency, settings.max_queue, settings.queue_timeout_s)
+        self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="classify")
+        self.providers = providers
+        self.threads = threads
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the classifier app (tests pass their own settings)."""
+    settings = settings or get_settings()
+    configure_logging(SERVICE, settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = ClassifierState(settings)
+        app.state.svc = state
+        # First load in the background: /livez answers at once, /readyz once a model is in.
+        state.watcher.start()
+        log.info("classifier starting", extra={"concurrency": state.concurrency, "threads": state.threads, "providers": state.providers})
+        yield
+        state.watcher.stop()
+        state.pool.shutdown(wait=True)
+
+    app = build_app(
+        SERVICE,
+        title="alzprog classifier (internal)",
+        description="Stage classifier champion served with ONNX Runtime. Internal: the gateway is the public API.",
+        max_body_bytes=settings.max_body_bytes,
+        lifespan=lifespan,
+    )
+
+    def svc(request: Request) -> ClassifierState:
+        return request.app.state.svc
+
+    @app.get("/livez")
+    def livez() -> dict[str, str]:
+        """The process is alive (even without a model)."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", responses={503: ERROR_RESPONSES[503]})
+    def readyz(request: Request) -> JSONResponse:
+        """Ready once a model is loaded and warmed up; 503 while loading or draining."""
+        s = svc(request)
+        info = s.slot.info()
+        if Lifecycle.draining:
+            return JSONResponse({"ready": False, "model": info, "error": {"code": "draining", "message": "shutting down"}}, 503, {"Retry-After": "1"})
+        if not info["ready"]:
+            return JSONResponse(
+                {"ready": False, "model": info, "error": {"code": "model_not_loaded", "message": info["last_error"] or "loading the model"}},
+                503,
+                {"Retry-After": str(int(s.settings.retry_seconds) or 1)},
+            )
+        return JSONResponse({"ready": True, "model": info})
+
+    @app.get("/v1/info")
+    def info(request: Request) -> dict[str, Any]:
+        """The served model versions (the gateway keys its cache on them)."""
+        s = svc(request)
+        cur = s.slot.current
+        return {
+            "service": SERVICE,
+            "ready": cur is not None and not Lifecycle.draining,
+            "models": [s.slot.info()],
+            "backend": cur.model.backend if cur else None,
+            "providers": cur.model.providers if cur else s.providers,
+            "in_flight": s.limiter.in_flight,
+            "waiting": s.limiter.waiting,
+        }
+
+    @app.post("/v1/classify", openapi_extra=CANONICAL_BODY, responses={k: ERROR_RESPONSES[k] for k in (400, 413, 503)})
+    async def classify(request: Request, explain: bool = Query(False, description="add a Grad-CAM overlay")) -> dict[str, Any]:
+        """Stage probabilities (temperature-calibrated) of one canonical slice."""
+        s = svc(request)
+        served = s.slot.current  # one reference for the whole request: swaps never mix versions
+        if served is None:
+            raise unavailable("model_not_loaded", "the classifier has no model loaded yet", retry_after=s.settings.retry_seconds)
+        if explain and not s.settings.explain_enabled:
+            raise ServiceError(400, "explain_disabled", "explanations are disabled on this service")
+        image, mask = decode_canonical(await request.body(), request.headers.get(SHAPE_HEADER), CANONICAL_SIZE)
+        runtime = served.model
+        try:
+            async with s.limiter.admit():
+                loop = asyncio.get_running_loop()
+                t0 = time.perf_counter()
+                result = await loop.run_in_executor(s.pool, runtime.predict, image)
+                if explain:
+                    result["explanation"] = await loop.run_in_executor(s.pool, runtime.explain, image, mask, result["stage_index"])
+                metrics.INFERENCE_LATENCY.labels(SERVICE, served.ref.name).observe(time.perf_counter() - t0)
+        except ServiceError as exc:
+            if exc.code == "overloaded":
+                metrics.OVERLOAD_REJECTIONS.labels(SERVICE).inc()
+            raise
+        metrics.INFERENCES.labels(SERVICE, served.ref.name, served.version).inc()
+        result["model"] = {"name": served.ref.name, "version": served.version}
+        result.setdefault("explanation", None)
+        return result
+
+    return app
+
+
+def main() -> None:
+    """``python -m services.classifier``: serve on CLASSIFIER_HOST:CLASSIFIER_PORT."""
+    settings = get_settings()
+    serve(create_app(settings), settings.host, settings.port)

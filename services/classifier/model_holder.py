@@ -1,0 +1,137 @@
+"""The classifier champion, ready to run: an ONNX Runtime session (PyTorch only for Grad-CAM).
+
+``ClassifierRuntime`` is built completely (session created, one warm-up inference) before the
+:class:`~services.common.model_slot.ModelSlot` swaps it in, so requests only ever see a ready
+model. Preprocessing is the shared one (``alzprog.preprocessing.classifier_input``).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from alzprog.artifacts import ONNX_FILE
+from alzprog.constants import STAGES
+
+from services.common.model_slot import ModelRef
+from services.common.ort import make_session
+
+log = logging.getLogger("classifier.model")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class ClassifierRuntime:
+    """One loaded classifier version: ``predict`` (ONNX Runtime) and ``explain`` (Grad-CAM)."""
+
+    def __init__(self, ref: ModelRef, providers: list[str], threads: int) -> None:
+        cfg = ref.config
+        if cfg.get("kind") != "stage_classifier":
+            raise ValueError(f"{ref.name} v{ref.version} is not a stage classifier (kind={cfg.get('kind')!r})")
+        names = list(cfg.get("class_names", STAGES))
+        if names != list(STAGES):
+            raise ValueError(f"{ref.name} v{ref.version} classes {names} differ from the project's stages")
+        self.ref = ref
+        self.size = int(cfg["image_size"])
+        self.mean = tuple(float(v) for v in cfg["mean"])
+        self.std = tuple(float(v) for v in cfg["std"])
+        self.temperature = float(cfg.get("temperature", 1.0))
+        if not self.temperature > 0:
+            raise ValueError(f"invalid temperature {self.temperature}")
+        onnx_path = ref.local_dir / ONNX_FILE
+        self.backend = "onnxruntime" if onnx_path.is_file() else "torch"
+        self.session = None
+        self._torch_model = None
+        self._torch_lock = threading.Lock()
+        if self.backend == "onnxruntime":
+            self.session = make_session(onnx_path, providers, threads)
+            self.input_name = self.session.get_inputs()[0].name
+            self.providers = self.session.get_providers()
+        else:
+            self.providers = ["torch"]
+        t0 = time.perf_counter()
+        self.logits(np.zeros((self.size, self.size), np.uint8))  # warm-up: first run allocates
+        self.warmup_s = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ inference
+    def _input(self, image: np.ndarray) -> np.ndarray:
+        from alzprog.preprocessing import classifier_input
+
+        return classifier_input(image, self.size, self.mean, self.std).numpy()[None].astype(np.float32)
+
+    def _torch(self):  # noqa: ANN202 - torch.nn.Module
+        """The PyTorch module of this version, loaded (digest-checked) on first use."""
+        with self._torch_lock:
+            if self._torch_model is None:
+                from alzprog.artifacts import load_artifact
+
+                self._torch_model = load_artifact(self.ref.local_dir).model.eval()
+            return self._torch_model
+
+    def logits(self, image: np.ndarray) -> np.ndarray:
+        """Raw logits (4,) for one canonical uint8 image."""
+        x = self._input(image)
+        if self.session is not None:
+            return np.asarray(self.session.run(None, {self.input_name: x})[0][0], dtype=np.float64)
+        import torch
+
+        with torch.inference_mode():
+            return self._torch()(torch.from_numpy(x)).double().numpy()[0]
+
+    def predict(self, image: np.ndarray) -> dict[str, Any]:
+        """Calibrated probabilities (softmax of logits / temperature), stage and confidence."""
+        probs = softmax(self.logits(image) / self.temperature)
+        idx = int(np.argmax(probs))
+        return {
+            "stage": STAGES[idx],
+            "stage_index": idx,
+            "probabilities": {name: float(p) for name, p in zip(STAGES, probs)},
+            "confidence": float(probs[idx]),
+            "temperature": self.temperature,
+        }
+
+    def explain(self, image: np.ndarray, mask: np.ndarray | None, target: int) -> dict[str, Any]:
+        """Grad-CAM of class ``target`` as an overlay PNG data URL, plus its in-brain fraction."""
+        import torch
+
+        from alzprog import explain
+        from alzprog.preprocessing import brain_mask
+
+        if mask is None:
+            mask = brain_mask(image)
+        model = self._torch()
+        x = torch.from_numpy(self._input(image))
+        # Grad-CAM needs gradients; one explanation at a time per model keeps memory bounded.
+        with self._torch_lock:
+            cam = explain.grad_cam(model, x, target)
+        cam = np.asarray(cam, dtype=np.float32)
+        fraction = float(explain.saliency_in_brain_fraction(cam, mask))
+        png = explain.overlay_png(image, cam)
+        return {
+            "overlay": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+            "saliency_in_brain_fraction": fraction,
+            "target_stage": STAGES[target],
+        }
+
+
+def make_loader(providers: list[str], threads: int):  # noqa: ANN201
+    """The ``ModelSlot`` loader: ``ModelRef`` -> warmed-up ``ClassifierRuntime``."""
+
+    def load(ref: ModelRef) -> ClassifierRuntime:
+        runtime = ClassifierRuntime(ref, providers, threads)
+        log.info(
+            "classifier ready",
+            extra={"version": ref.version, "backend": runtime.backend, "providers": runtime.providers, "warmup_s": round(runtime.warmup_s, 3)},
+        )
+        return runtime
+
+    return load

@@ -1,0 +1,77 @@
+"""Build a service's FastAPI app with the shared plumbing, and run it under uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from services.common import metrics
+from services.common.errors import install_error_handlers
+from services.common.limits import BodyLimitMiddleware
+from services.common.logs import RequestContextMiddleware
+
+
+class Lifecycle:
+    """Process-wide flags read by ``/readyz``: set ``draining`` on SIGTERM so readiness drops
+    before uvicorn stops accepting connections; in-flight requests still complete."""
+
+    draining: bool = False
+
+
+def build_app(
+    service: str,
+    *,
+    title: str,
+    description: str,
+    max_body_bytes: int,
+    lifespan: Any,
+    version: str = "1.0.0",
+    form_limits: dict[str, int] | None = None,
+    docs: bool = True,
+    pre_body_middleware: list[tuple[Any, dict[str, Any]]] | None = None,
+) -> FastAPI:
+    """A FastAPI app with JSON errors, the body limit, request ids + JSON access log, metrics."""
+    app = FastAPI(
+        title=title,
+        description=description,
+        version=version,
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
+        form_limits=form_limits,
+    )
+    install_error_handlers(app)
+    # Added last = outermost: the request id exists before the body limit can answer.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    # Checks that must refuse a request before its body is read (API keys) sit outside it.
+    for cls, kwargs in pre_body_middleware or []:
+        app.add_middleware(cls, **kwargs)
+    app.add_middleware(RequestContextMiddleware, service=service, on_response=metrics.observer(service))
+    metrics.add_metrics_route(app)
+    return app
+
+
+class _DrainingServer(uvicorn.Server):
+    def handle_exit(self, sig: int, frame: Any) -> None:  # noqa: D401 - uvicorn hook
+        Lifecycle.draining = True
+        logging.getLogger("services.lifecycle").info("shutdown signal: readiness off, draining", extra={"signal": sig})
+        super().handle_exit(sig, frame)
+
+
+def serve(app: FastAPI, host: str, port: int, *, timeout_graceful_shutdown: float = 20.0) -> None:
+    """Run ``app`` in the foreground; SIGTERM drops readiness, then drains in-flight requests."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,  # keep our JSON handlers
+        access_log=False,  # our access log writes route templates, not raw paths
+        timeout_graceful_shutdown=timeout_graceful_shutdown,
+        h11_max_incomplete_event_size=16 * 1024,  # bounds header floods
+        server_header=False,
+    )
+    _DrainingServer(config).run()

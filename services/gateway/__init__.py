@@ -1,0 +1,1 @@
+"""Gateway: the only public API (``POST /predict``, ``POST /progression``), cache and access control."""

@@ -1,0 +1,351 @@
+"""Gateway routes: the only public API of the stack.
+
+Follow one upload: ``POST /predict`` (or ``/progression``) -> body limit and API key
+(middleware) -> :func:`canonical_upload` decodes with ``alzprog.decode.decode_slice`` and
+canonicalises once with ``alzprog.preprocessing.canonicalize`` -> the result cache
+(:mod:`services.gateway.cache`, keyed by the pixels' SHA-256 and the served model versions)
+-> on a miss the classifier, then the generator, over HTTP (:mod:`services.gateway.clients`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import httpx
+import numpy as np
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.responses import JSONResponse
+
+from alzprog.constants import STAGES, TRANSITIONS, progression_model_name, stage_index
+
+from services.common.admission import AdmissionLimiter
+from services.common.app import Lifecycle, build_app, serve
+from services.common.cpu import available_cpus
+from services.common.errors import ERROR_RESPONSES, ServiceError
+from services.common.logs import configure_logging
+from services.common.wire import encode_canonical
+from services.gateway.auth import ApiKeyMiddleware
+from services.gateway.cache import ResultCache, SingleFlight
+from services.gateway.clients import BackendClient, CircuitBreaker
+from services.gateway.schemas import PredictResponse, ProgressionResponse, ReadyResponse
+from services.gateway.settings import Settings, get_settings
+
+SERVICE = "gateway"
+log = logging.getLogger("gateway")
+NO_STORE = {"Cache-Control": "no-store"}
+RESULT_ERRORS = {k: ERROR_RESPONSES[k] for k in (400, 413, 415, 422, 429, 503)}
+
+
+@dataclass
+class Canonical:
+    image: np.ndarray
+    mask: np.ndarray
+    sha256: str
+
+
+class VersionBook:
+    """The model versions each backend serves now, from its ``/v1/info``, reused for ``ttl_s``.
+
+    When a backend cannot be asked, the last known versions are used so cached answers can
+    still be served; a fresh champion is seen within ``ttl_s`` of its swap.
+    """
+
+    def __init__(self, client: BackendClient, ttl_s: float, deadline_s: float) -> None:
+        self.client = client
+        self.ttl_s = ttl_s
+        self.deadline_s = deadline_s
+        self._info: dict[str, Any] | None = None
+        self._fetched = 0.0
+        self._lock = asyncio.Lock()
+
+    async def versions(self) -> dict[str, str]:
+        """``{model name: version}`` of the loaded models (empty when never known)."""
+        if self._info is None or time.monotonic() - self._fetched >= self.ttl_s:
+            async with self._lock:
+                if self._info is None or time.monotonic() - self._fetched >= self.ttl_s:
+                    try:
+                        if self.client.breaker.state == "open":
+                            raise ServiceError(503, "backend_unavailable", "circuit open")
+                        resp = await self.client.call("GET", "/v1/info", deadline_s=self.deadline_s, use_breaker=False, retries=0)
+                        self._info = resp.json()
+                        self._fetched = time.monotonic()
+                    except (ServiceError, ValueError):
+                        pass  # keep the last known versions
+        info = self._info or {}
+        return {m["name"]: str(m["version"]) for m in info.get("models", []) if m.get("ready") and m.get("version")}
+
+
+class GatewayState:
+    """Clients, cache, single-flight and the decode pool, created in the lifespan."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            timeout=httpx.Timeout(settings.classify_deadline_s, connect=min(2.0, settings.classify_deadline_s)),
+            trust_env=False,  # never route internal calls through a proxy from the environment
+        )
+
+        def backend(name: str, url: str) -> BackendClient:
+            return BackendClient(
+                name,
+                url,
+                self.http,
+                retries=settings.retries,
+                backoff_base_s=settings.backoff_base_s,
+                breaker=CircuitBreaker(name, settings.breaker_failures, settings.breaker_reset_s),
+            )
+
+        self.classifier = backend("classifier", settings.classifier_url)
+        self.generator = backend("generator", settings.generator_url)
+        self.classifier_versions = VersionBook(self.classifier, settings.versions_ttl_s, settings.info_deadline_s)
+        self.generator_versions = VersionBook(self.generator, settings.versions_ttl_s, settings.info_deadline_s)
+        self.cache = ResultCache(
+            settings.redis_url,
+            settings.cache_prefix,
+            settings.cache_ttl_s,
+            settings.redis_timeout_s,
+            settings.redis_backoff_s,
+            settings.max_cache_value_bytes,
+        )
+        self.flights = SingleFlight()
+        workers = settings.decode_concurrency or available_cpus()
+        self.decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        self.decode_limiter = AdmissionLimiter(workers, settings.decode_queue)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        await self.cache.close()
+        self.decode_pool.shutdown(wait=False)
+
+
+def _canonicalize(data: bytes, nifti_slice: int | None) -> Canonical:
+    """Decode (allowlisted formats only) and canonicalise once; runs in the decode pool."""
+    from alzprog.decode import decode_slice
+    from alzprog.preprocessing import canonicalize
+
+    gray = decode_slice(data, nifti_slice=nifti_slice)
+    c = canonicalize(gray)
+    digest = c.sha256() if callable(c.sha256) else c.sha256
+    return Canonical(image=c.image, mask=np.asarray(c.mask, dtype=bool), sha256=str(digest))
+
+
+def _bool(*values: bool | None) -> bool:
+    return any(bool(v) for v in values if v is not None)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the gateway app (tests pass their own settings)."""
+    settings = settings or get_settings()
+    configure_logging(SERVICE, settings.log_level)
+    keys = settings.parsed_api_keys()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = GatewayState(settings)
+        app.state.svc = state
+        log.info(
+            "gateway starting",
+            extra={"classifier": settings.classifier_url, "generator": settings.generator_url, "cache": state.cache.enabled, "api_keys": len(keys)},
+        )
+        yield
+        await state.close()
+
+    app = build_app(
+        SERVICE,
+        title="alzprog gateway",
+        description=(
+            "Alzheimer's MRI staging and synthetic progression. Upload one MRI slice (PNG, JPEG, DICOM, "
+            "NIfTI) as multipart field `file`. Research demo: synthetic images are not for diagnosis. "
+            "When API keys are configured, send one in the `X-API-Key` header."
+        ),
+        max_body_bytes=settings.max_body_bytes,
+        lifespan=lifespan,
+        form_limits={"max_files": 1, "max_fields": 8, "max_part_size": 64 * 1024},
+        pre_body_middleware=[(ApiKeyMiddleware, {"keys": keys, "per_minute": settings.rate_limit_per_minute, "burst": settings.rate_limit_burst})],
+    )
+
+    def svc(request: Request) -> GatewayState:
+        return request.app.state.svc
+
+    async def canonical_upload(s: GatewayState, file: UploadFile, nifti_slice: int | None) -> Canonical:
+        from alzprog.decode import ImageDecodeError
+
+        data = await file.read()
+        async with s.decode_limiter.admit():
+            try:
+                return await asyncio.get_running_loop().run_in_executor(s.decode_pool, _canonicalize, data, nifti_slice)
+            except ImageDecodeError as exc:
+                status = exc.status if 400 <= int(exc.status) < 500 else 422
+                raise ServiceError(status, exc.code, exc.message) from None
+
+    async def classify(s: GatewayState, c: Canonical, explain: bool) -> tuple[dict[str, Any], bool]:
+        """The classifier's answer for ``c``: from the cache, a concurrent twin, or the backend."""
+        versions = await s.classifier_versions.versions()
+        options = "explain" if explain else ""
+        known = next(iter(versions.values()), None)  # the classifier serves one model
+        lookup = s.cache.key("predict", c.sha256, f"c{known}", options) if known else None
+
+        async def compute() -> tuple[dict[str, Any], bool]:
+            if lookup is not None:
+                hit = await s.cache.get(lookup)
+                if hit is not None:
+                    return hit, True
+            body, headers = encode_canonical(c.image, c.mask)
+            resp = await s.classifier.call(
+                "POST", "/v1/classify", deadline_s=settings.classify_deadline_s, content=body, headers=headers, params={"explain": str(explain).lower()}
+            )
+            result = resp.json()
+            result = {
+                "stage": result["stage"],
+                "stage_index": int(result["stage_index"]),
+                "probabilities": result["probabilities"],
+                "confidence": float(result["confidence"]),
+                "model": {"name": result["model"]["name"], "version": str(result["model"]["version"])},
+                "explanation": result.get("explanation"),
+            }
+            # Store under the version that actually answered (it may have just changed).
+            await s.cache.set(s.cache.key("predict", c.sha256, f"c{result['model']['version']}", options), result)
+            return result, False
+
+        flight_key = lookup or f"predict:{c.sha256}:{options}:unversioned"
+        result, cached = await s.flights.run(flight_key, compute)
+        return dict(result), cached
+
+    async def progress(s: GatewayState, c: Canonical, start: int) -> tuple[dict[str, Any], bool]:
+        """The generator chain from stage ``start``: cache, concurrent twin, or the backend."""
+        needed = [progression_model_name(slug) for slug, src, _ in TRANSITIONS if src >= start]
+        versions = await s.generator_versions.versions()
+        known = [versions.get(n) for n in needed]
+        tag = "g" + "-".join(str(v) for v in known) if all(known) else None
+        lookup = s.cache.key("progression", c.sha256, tag, f"from{start}") if tag else None
+
+        async def compute() -> tuple[dict[str, Any], bool]:
+            if lookup is not None:
+                hit = await s.cache.get(lookup)
+                if hit is not None:
+                    return hit, True
+            body, headers = encode_canonical(c.image, c.mask)
+            resp = await s.generator.call(
+                "POST", "/v1/progress", deadline_s=settings.progress_deadline_s, content=body, headers=headers, params={"from_stage": str(start)}
+            )
+            data = resp.json()
+            result = {
+                "steps": [
+                    {
+                        "stage": st["stage"],
+                        "stage_index": int(st["stage_index"]),
+                        "image": st["image"],
+                        "synthetic": True,
+                        "model": {"name": st["model"]["name"], "version": str(st["model"]["version"])},
+                    }
+                    for st in data["steps"]
+                ],
+                "generator_models": [{"name": m["name"], "version": str(m["version"])} for m in data["models"]],
+            }
+            actual = "g" + "-".join(m["version"] for m in result["generator_models"])
+            await s.cache.set(s.cache.key("progression", c.sha256, actual, f"from{start}"), result)
+            return result, False
+
+        flight_key = lookup or f"progression:{c.sha256}:from{start}:unversioned"
+        result, cached = await s.flights.run(flight_key, compute)
+        return dict(result), cached
+
+    # ------------------------------------------------------------------ routes
+    @app.get("/livez", tags=["health"])
+    def livez() -> dict[str, str]:
+        """The gateway process is alive."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", tags=["health"], response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+    async def readyz(request: Request) -> JSONResponse:
+        """Ready when the classifier is ready. Generator and cache are reported; a degraded cache stays ready."""
+        s = svc(request)
+
+        async def backend_check(client: BackendClient) -> dict[str, Any]:
+            try:
+                r = await client.http.get(f"{client.base_url}/readyz", timeout=settings.info_deadline_s)
+                body = r.json()
+                out = {"ready": r.status_code == 200, "circuit": client.breaker.state}
+                if "model" in body:
+                    out["models"] = [body["model"]]
+                if "models" in body:
+                    out["models"] = body["models"]
+                if r.status_code != 200:
+                    out["detail"] = (body.get("error") or {}).get("message")
+                return out
+            except Exception as exc:  # noqa: BLE001 - any failure means not ready
+                return {"ready": False, "circuit": client.breaker.state, "detail": f"unreachable ({type(exc).__name__})"}
+
+        clf, gen, cache = await asyncio.gather(backend_check(s.classifier), backend_check(s.generator), s.cache.check())
+        ready = clf["ready"] and not Lifecycle.draining
+        body = {"ready": ready, "checks": {"classifier": clf, "generator": gen, "cache": cache}}
+        if Lifecycle.draining:
+            body["checks"]["gateway"] = {"ready": False, "detail": "draining"}
+        return JSONResponse(body, status_code=200 if ready else 503, headers=None if ready else {"Retry-After": "2"})
+
+    @app.post("/predict", tags=["results"], response_model=PredictResponse, responses=RESULT_ERRORS)
+    async def predict(
+        request: Request,
+        file: Annotated[UploadFile, File(description="one MRI slice: PNG, JPEG, DICOM or NIfTI (.nii/.nii.gz)")],
+        explain: Annotated[bool | None, Form(description="include the Grad-CAM overlay")] = None,
+        nifti_slice: Annotated[int | None, Form(ge=0, le=4096, description="axial slice of a NIfTI volume (default: central)")] = None,
+        explain_q: Annotated[bool | None, Query(alias="explain", description="same as the form field")] = None,
+    ) -> JSONResponse:
+        """Stage of one MRI slice: calibrated probabilities for the four stages and the model version."""
+        s = svc(request)
+        c = await canonical_upload(s, file, nifti_slice)
+        result, cached = await classify(s, c, _bool(explain, explain_q))
+        result["cached"] = cached
+        log.info("predicted", extra={"stage_index": result["stage_index"], "cached": cached, "model_version": result["model"]["version"]})
+        return JSONResponse(result, headers=NO_STORE)
+
+    @app.post("/progression", tags=["results"], response_model=ProgressionResponse, responses=RESULT_ERRORS)
+    async def progression(
+        request: Request,
+        file: Annotated[UploadFile, File(description="one MRI slice: PNG, JPEG, DICOM or NIfTI (.nii/.nii.gz)")],
+        from_stage: Annotated[str | None, Form(max_length=32, description="start stage (name, slug nd/vmd/md/mod, or 0-3); default: the predicted stage")] = None,
+        explain: Annotated[bool | None, Form(description="include the Grad-CAM overlay")] = None,
+        nifti_slice: Annotated[int | None, Form(ge=0, le=4096)] = None,
+        explain_q: Annotated[bool | None, Query(alias="explain")] = None,
+        from_stage_q: Annotated[str | None, Query(alias="from_stage", max_length=32)] = None,
+    ) -> JSONResponse:
+        """Stage plus the synthetic road ahead: one SYNTHETIC slice per stage up to Moderate Dementia."""
+        s = svc(request)
+        requested = from_stage if from_stage is not None else from_stage_q
+        start: int | None = None
+        if requested is not None and requested.strip():
+            try:
+                start = stage_index(requested)
+            except ValueError:
+                raise ServiceError(422, "bad_stage", f"from_stage must be one of {', '.join(STAGES)}, a slug (nd, vmd, md, mod) or 0-3") from None
+        c = await canonical_upload(s, file, nifti_slice)
+        if start is None:
+            result, clf_cached = await classify(s, c, _bool(explain, explain_q))
+            start = result["stage_index"]
+            chain, gen_cached = await progress(s, c, start)
+        else:
+            # The start is known: ask both services at once.
+            (result, clf_cached), (chain, gen_cached) = await asyncio.gather(classify(s, c, _bool(explain, explain_q)), progress(s, c, start))
+        result.update(chain)
+        result["from_stage"] = STAGES[start]
+        result["cached"] = clf_cached and gen_cached
+        log.info(
+            "progression",
+            extra={"from_stage_index": start, "steps": len(result["steps"]), "cached": result["cached"], "model_version": result["model"]["version"]},
+        )
+        return JSONResponse(result, headers=NO_STORE)
+
+    return app
+
+
+def main() -> None:
+    """``python -m services.gateway``: serve on GATEWAY_HOST:GATEWAY_PORT."""
+    settings = get_settings()
+    serve(create_app(settings), settings.host, settings.port)

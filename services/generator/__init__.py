@@ -1,0 +1,1 @@
+"""Generator service: the three transition generator champions behind ``POST /v1/progress``."""

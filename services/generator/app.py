@@ -1,0 +1,190 @@
+"""Generator service routes: ``POST /v1/progress``, ``/v1/info``, ``/livez``, ``/readyz``, ``/metrics``.
+
+Internal service: it receives the canonical slice (and its brain mask) from the gateway in
+the raw wire format of :mod:`services.common.wire` and runs the transition generators from the
+given stage to Moderate Dementia.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse
+
+from alzprog.constants import STAGES, TRANSITIONS, progression_model_name, stage_index
+from alzprog.preprocessing import CANONICAL_SIZE
+
+from services.common import metrics
+from services.common.admission import AdmissionLimiter
+from services.common.app import Lifecycle, build_app, serve
+from services.common.cpu import available_cpus
+from services.common.errors import ERROR_RESPONSES, ServiceError, unavailable
+from services.common.logs import configure_logging
+from services.common.model_slot import ModelSlot, SlotWatcher
+from services.common.ort import choose_providers, intra_op_threads
+from services.common.wire import SHAPE_HEADER, decode_canonical
+from services.generator.model_holder import GeneratorRuntime, make_loader, run_chain
+from services.generator.settings import Settings, get_settings
+
+SERVICE = "generator"
+log = logging.getLogger("generator")
+
+CANONICAL_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    "parameters": [
+        {"name": SHAPE_HEADER, "in": "header", "required": True, "schema": {"type": "string", "example": "256x256"}}
+    ],
+}
+
+
+class GeneratorState:
+    """Slots for the three transitions, the watcher, admission control and the worker pool."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.concurrency = settings.max_concurrency or available_cpus()
+        providers = choose_providers(settings.providers)
+        threads = intra_op_threads(settings.intra_op_threads, self.concurrency)
+        if settings.backend != "onnxruntime":
+            import torch
+
+            torch.set_num_threads(threads)  # process-wide; sized like the ORT sessions
+        loader = make_loader(settings.backend, providers, threads)
+        # Keyed by the source stage index of each transition.
+        self.slots: dict[int, ModelSlot[GeneratorRuntime]] = {
+            src: ModelSlot(SERVICE, progression_model_name(slug), settings.alias, loader) for slug, src, _ in TRANSITIONS
+        }
+        self.targets = {src: dst for _, src, dst in TRANSITIONS}
+        self.watcher = SlotWatcher(list(self.slots.values()), poll_s=settings.poll_seconds, retry_s=settings.retry_seconds)
+        self.limiter = AdmissionLimiter(self.concurrency, settings.max_queue, settings.queue_timeout_s)
+        self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="progress")
+        self.providers = providers
+        self.threads = threads
+
+    def infos(self) -> list[dict[str, Any]]:
+        out = []
+        for slot in self.slots.values():
+            info = slot.info()
+            cur = slot.current
+            info["backend"] = cur.model.backend if cur else None
+            out.append(info)
+        return out
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the generator app (tests pass their own settings)."""
+    settings = settings or get_settings()
+    configure_logging(SERVICE, settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = GeneratorState(settings)
+        app.state.svc = state
+        state.watcher.start()
+        log.info("generator starting", extra={"concurrency": state.concurrency, "threads": state.threads, "providers": state.providers})
+        yield
+        state.watcher.stop()
+        state.pool.shutdown(wait=True)
+
+    app = build_app(
+        SERVICE,
+        title="alzprog generator (internal)",
+        description="Transition generator champions (ND->VMD->MD->MoD). Internal: the gateway is the public API.",
+        max_body_bytes=settings.max_body_bytes,
+        lifespan=lifespan,
+    )
+
+    def svc(request: Request) -> GeneratorState:
+        return request.app.state.svc
+
+    @app.get("/livez")
+    def livez() -> dict[str, str]:
+        """The process is alive (even without models)."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", responses={503: ERROR_RESPONSES[503]})
+    def readyz(request: Request) -> JSONResponse:
+        """Ready once all three transition models are loaded; 503 while loading or draining."""
+        s = svc(request)
+        infos = s.infos()
+        if Lifecycle.draining:
+            return JSONResponse({"ready": False, "models": infos, "error": {"code": "draining", "message": "shutting down"}}, 503, {"Retry-After": "1"})
+        missing = [i["name"] for i in infos if not i["ready"]]
+        if missing:
+            return JSONResponse(
+                {"ready": False, "models": infos, "error": {"code": "model_not_loaded", "message": f"not loaded yet: {', '.join(missing)}"}},
+                503,
+                {"Retry-After": str(int(s.settings.retry_seconds) or 1)},
+            )
+        return JSONResponse({"ready": True, "models": infos})
+
+    @app.get("/v1/info")
+    def info(request: Request) -> dict[str, Any]:
+        """The served model versions (the gateway keys its cache on them)."""
+        s = svc(request)
+        infos = s.infos()
+        return {
+            "service": SERVICE,
+            "ready": all(i["ready"] for i in infos) and not Lifecycle.draining,
+            "models": infos,
+            "in_flight": s.limiter.in_flight,
+            "waiting": s.limiter.waiting,
+        }
+
+    @app.post("/v1/progress", openapi_extra=CANONICAL_BODY, responses={k: ERROR_RESPONSES[k] for k in (400, 413, 503)})
+    async def progress(
+        request: Request,
+        from_stage: str = Query(STAGES[0], description="stage of the input slice: name, slug (nd, vmd, md, mod) or 0-3"),
+    ) -> dict[str, Any]:
+        """Synthesise the road ahead: one SYNTHETIC image per transition from ``from_stage`` to Moderate."""
+        s = svc(request)
+        try:
+            start = stage_index(from_stage)
+        except ValueError as exc:
+            raise ServiceError(400, "bad_stage", str(exc)) from None
+        # Read every needed slot once: the whole chain runs on one consistent set of versions.
+        chain = []
+        for src in range(start, len(STAGES) - 1):
+            served = s.slots[src].current
+            if served is None:
+                raise unavailable("model_not_loaded", f"{s.slots[src].name} is not loaded yet", retry_after=s.settings.retry_seconds)
+            chain.append((s.targets[src], served))
+        image, mask = decode_canonical(await request.body(), request.headers.get(SHAPE_HEADER), CANONICAL_SIZE)
+        if mask is None:
+            from alzprog.preprocessing import brain_mask
+
+            mask = brain_mask(image)
+        try:
+            async with s.limiter.admit():
+                t0 = time.perf_counter()
+                steps = await asyncio.get_running_loop().run_in_executor(s.pool, run_chain, chain, image, mask)
+                metrics.INFERENCE_LATENCY.labels(SERVICE, "chain").observe(time.perf_counter() - t0)
+        except ServiceError as exc:
+            if exc.code == "overloaded":
+                metrics.OVERLOAD_REJECTIONS.labels(SERVICE).inc()
+            raise
+        for _, served in chain:
+            metrics.INFERENCES.labels(SERVICE, served.ref.name, served.version).inc()
+        return {
+            "from_stage": STAGES[start],
+            "from_stage_index": start,
+            "steps": steps,
+            "models": [{"name": served.ref.name, "version": served.version} for _, served in chain],
+        }
+
+    return app
+
+
+def main() -> None:
+    """``python -m services.generator``: serve on GENERATOR_HOST:GENERATOR_PORT."""
+    settings = get_settings()
+    serve(create_app(settings), settings.host, settings.port)

@@ -1,0 +1,151 @@
+"""The three transition generators, ready to run, and the chain from a stage to Moderate.
+
+Each transition (``alzprog.constants.TRANSITIONS``) has its own :class:`ModelSlot`; each
+loaded version is a :class:`GeneratorRuntime` that runs either ONNX Runtime or eager PyTorch,
+whichever was faster at warm-up (issue #7 measured ORT slower for some generators on CPU),
+unless the setting forces one. Pixels go in and out through the shared preprocessing
+(``generator_input`` / ``generator_output_to_uint8``); every returned image is marked
+SYNTHETIC and re-encoded from pixels (no metadata).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from alzprog.artifacts import ONNX_FILE
+from alzprog.constants import STAGES
+
+from services.common.model_slot import ModelRef, Served
+from services.common.ort import make_session
+
+log = logging.getLogger("generator.model")
+WARMUP_RUNS = 3
+
+
+class GeneratorRuntime:
+    """One loaded transition generator version: uint8 canonical image + mask -> uint8 image."""
+
+    def __init__(self, ref: ModelRef, backend: str, providers: list[str], threads: int) -> None:
+        cfg = ref.config
+        if cfg.get("kind") != "progression_generator":
+            raise ValueError(f"{ref.name} v{ref.version} is not a progression generator (kind={cfg.get('kind')!r})")
+        self.ref = ref
+        self.size = int(cfg.get("image_size", 256))
+        self.session = None
+        self.torch_model = None
+        self._lock = threading.Lock()
+        onnx_path = ref.local_dir / ONNX_FILE
+        timings: dict[str, float] = {}
+        probe = np.zeros((self.size, self.size), np.uint8)
+        probe_mask = np.ones((self.size, self.size), bool)
+        if backend in ("auto", "onnxruntime") and onnx_path.is_file():
+            self.session = make_session(onnx_path, providers, threads)
+            self.input_name = self.session.get_inputs()[0].name
+            timings["onnxruntime"] = self._time(self._run_ort, probe, probe_mask)
+        if backend in ("auto", "torch") or self.session is None:
+            from alzprog.artifacts import load_artifact
+
+            self.torch_model = load_artifact(ref.local_dir).model.eval()
+            timings["torch"] = self._time(self._run_torch, probe, probe_mask)
+        self.backend = min(timings, key=timings.get)
+        self.timings_ms = {k: round(v * 1000, 2) for k, v in timings.items()}
+        # Drop what we do not use, so memory holds one copy of the weights.
+        if self.backend == "onnxruntime":
+            self.torch_model = None
+        else:
+            self.session = None
+
+    @staticmethod
+    def _time(fn, image: np.ndarray, mask: np.ndarray) -> float:  # noqa: ANN001
+        fn(image, mask)  # first run allocates; not timed
+        t0 = time.perf_counter()
+        for _ in range(WARMUP_RUNS):
+            fn(image, mask)
+        return (time.perf_counter() - t0) / WARMUP_RUNS
+
+    def _stacked(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        from alzprog.preprocessing import generator_input
+
+        x = generator_input(image).numpy().astype(np.float32)  # (1, H, W) in [-1, 1]
+        m = mask.astype(np.float32)[None]
+        return np.concatenate([x, m], axis=0)[None]  # (1, 2, H, W): the export's input layout
+
+    def _run_ort(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        from alzprog.preprocessing import generator_output_to_uint8
+
+        out = self.session.run(None, {self.input_name: self._stacked(image, mask)})[0]
+        return generator_output_to_uint8(_as_tensor(out[0]))
+
+    def _run_torch(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        import torch
+
+        from alzprog.preprocessing import generator_output_to_uint8
+
+        x = torch.from_numpy(self._stacked(image, mask))
+        with self._lock, torch.inference_mode():  # one torch forward at a time per module
+            out = self.torch_model(x)
+        return generator_output_to_uint8(out[0])
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if self.backend == "onnxruntime":
+            return self._run_ort(image, mask)
+        return self._run_torch(image, mask)
+
+
+def _as_tensor(arr: np.ndarray):  # noqa: ANN202
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def make_loader(backend: str, providers: list[str], threads: int):  # noqa: ANN201
+    """The ``ModelSlot`` loader: ``ModelRef`` -> warmed-up ``GeneratorRuntime``."""
+
+    def load(ref: ModelRef) -> GeneratorRuntime:
+        runtime = GeneratorRuntime(ref, backend, providers, threads)
+        log.info(
+            "generator ready",
+            extra={"model": ref.name, "version": ref.version, "backend": runtime.backend, "warmup_ms": runtime.timings_ms},
+        )
+        return runtime
+
+    return load
+
+
+def png_data_url(image: np.ndarray) -> str:
+    """Re-encode pixels as a metadata-free PNG data URL."""
+    from alzprog.decode import encode_png
+
+    return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
+
+
+def run_chain(
+    chain: list[tuple[int, Served[GeneratorRuntime]]], image: np.ndarray, mask: np.ndarray
+) -> list[dict[str, Any]]:
+    """Apply the transition generators in order; each step feeds the next (same brain mask).
+
+    ``chain`` is ``[(target stage index, served generator), ...]``. Returns one step per
+    transition with the synthetic image (marked SYNTHETIC, PNG data URL) and the model version.
+    """
+    from alzprog.preprocessing import mark_synthetic
+
+    steps = []
+    current = image
+    for target, served in chain:
+        current = served.model(current, mask)
+        steps.append(
+            {
+                "stage": STAGES[target],
+                "stage_index": target,
+                "image": png_data_url(mark_synthetic(current)),
+                "synthetic": True,
+                "model": {"name": served.ref.name, "version": served.version},
+            }
+        )
+    return steps

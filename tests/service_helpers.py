@@ -1,0 +1,153 @@
+"""Helpers for the service tests: tiny real model artifacts, service processes, metrics.
+
+The artifacts are real (``alzprog.artifacts.save_artifact``: safetensors + ONNX + digests) but
+tiny, so building the three generators and a classifier takes seconds on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def tiny_classifier_artifact(out: Path, seed: int = 0, temperature: float = 1.5) -> Path:
+    """A 64-px scaled-down EfficientNet classifier artifact with random weights."""
+    import torch
+
+    from alzprog.artifacts import save_artifact
+    from alzprog.models import build_model
+    from alzprog.models.stage_classifier import classifier_config
+
+    cfg = classifier_config("efficientnet_b0", 64, width_mult=0.1, depth_mult=0.1, temperature=temperature, pretrained="none")
+    torch.manual_seed(seed)
+    model = build_model(cfg).eval()
+    save_artifact(out, model, cfg, torch.randn(1, 3, 64, 64))
+    return out
+
+
+def tiny_generator_artifact(out: Path, seed: int = 0) -> Path:
+    """A small residual U-Net generator artifact with perturbed (non-identity) weights."""
+    import torch
+
+    from alzprog.artifacts import save_artifact
+    from alzprog.models import build_model
+    from alzprog.models.progression_generator import generator_config
+
+    cfg = generator_config("default", base_channels=4, depth=2)
+    torch.manual_seed(seed)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_artifact(out, model, cfg, torch.randn(1, 2, 256, 256), onnx_atol=1e-3)
+    return out
+
+
+def seed_cache(home: Path, name: str, version: str | int, artifact: Path) -> Path:
+    """Place an artifact in ``<home>/model-cache/<name>/<version>`` as the registry would."""
+    target = home / "model-cache" / name / str(version)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(artifact, target)
+    return target
+
+
+def dead_port() -> int:
+    """A local port nothing listens on (connection refused at once)."""
+    from conftest import free_port
+
+    return free_port()
+
+
+@dataclass
+class ServiceProcess:
+    """A service started as ``python -m services.<name>`` with its log in a file."""
+
+    name: str
+    proc: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=5)
+
+
+def start_service(name: str, port: int, env: dict[str, str], log_dir: Path) -> ServiceProcess:
+    """Start one service process on ``port`` (its own process group, so it can be killed whole)."""
+    full_env = {**os.environ, **env}
+    full_env[f"{name.upper()}_PORT"] = str(port)
+    full_env[f"{name.upper()}_HOST"] = "127.0.0.1"
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    log_path = log_dir / f"{name}-{port}.log"
+    log = open(log_path, "ab")
+    proc = subprocess.Popen(
+        [PY, "-m", f"services.{name}"], cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    log.close()
+    return ServiceProcess(name, proc, f"http://127.0.0.1:{port}", log_path)
+
+
+def wait_ready(svc: ServiceProcess, timeout: float = 120.0, path: str = "/readyz") -> None:
+    """Wait until ``path`` answers 200; fail with the service log when it dies or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if svc.proc.poll() is not None:
+            raise RuntimeError(f"{svc.name} exited with {svc.proc.returncode}:\n{svc.log_text()[-4000:]}")
+        try:
+            if httpx.get(svc.url + path, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{svc.name} not ready within {timeout}s:\n{svc.log_text()[-4000:]}")
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` (Prometheus text format)."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        m = re.match(r"^(\w+)(\{(.*)\})?\s+(\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(m.group(4))
+    return total
+
+
+def classify_count(url: str) -> float:
+    """How many ``/v1/classify`` requests a classifier has answered (from its /metrics)."""
+    text = httpx.get(url + "/metrics", timeout=5).text
+    return metric_value(text, "alzprog_http_requests_total", route="/v1/classify")
+
+
+def progress_count(url: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=5).text
+    return metric_value(text, "alzprog_http_requests_total", route="/v1/progress")
