@@ -145,7 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 t0 = time.perf_counter()
                 result = await loop.run_in_executor(s.pool, runtime.predict, image)
                 if explain:
-                    result["explanation"] = await loop.run_in_executor(s.pool, runtime.explain, image, mask, result["stage_index"])
+                    result["explain"] = await loop.run_in_executor(s.pool, runtime.explain, image, mask, result["stage_index"])
                 metrics.INFERENCE_LATENCY.labels(SERVICE, served.ref.name).observe(time.perf_counter() - t0)
         except ServiceError as exc:
             if exc.code == "overloaded":
@@ -153,7 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         metrics.INFERENCES.labels(SERVICE, served.ref.name, served.version).inc()
         result["model"] = {"name": served.ref.name, "version": served.version}
-        result.setdefault("explanation", None)
+        result.setdefault("explain", None)
         return result
 
     return app

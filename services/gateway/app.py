@@ -136,6 +136,15 @@ def _canonicalize(data: bytes, nifti_slice: int | None) -> Canonical:
     return Canonical(image=c.image, mask=np.asarray(c.mask, dtype=bool), sha256=str(digest))
 
 
+def _png_data_url(image: np.ndarray) -> str:
+    """The canonical slice as a metadata-free PNG data URL (what the models saw)."""
+    import base64
+
+    from alzprog.decode import encode_png
+
+    return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
+
+
 def _bool(*values: bool | None) -> bool:
     return any(bool(v) for v in values if v is not None)
 
@@ -208,7 +217,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "probabilities": result["probabilities"],
                 "confidence": float(result["confidence"]),
                 "model": {"name": result["model"]["name"], "version": str(result["model"]["version"])},
-                "explanation": result.get("explanation"),
+                "explain": result.get("explain"),
             }
             # Store under the version that actually answered (it may have just changed).
             await s.cache.set(s.cache.key("predict", c.sha256, f"c{result['model']['version']}", options), result)
@@ -301,8 +310,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Stage of one MRI slice: calibrated probabilities for the four stages and the model version."""
         s = svc(request)
         c = await canonical_upload(s, file, nifti_slice)
-        result, cached = await classify(s, c, _bool(explain, explain_q))
+        want_explain = _bool(explain, explain_q)
+        result, cached = await classify(s, c, want_explain)
         result["cached"] = cached
+        if want_explain:
+            result["canonical"] = _png_data_url(c.image)
         log.info("predicted", extra={"stage_index": result["stage_index"], "cached": cached, "model_version": result["model"]["version"]})
         return JSONResponse(result, headers=NO_STORE)
 
@@ -335,6 +347,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             (result, clf_cached), (chain, gen_cached) = await asyncio.gather(classify(s, c, _bool(explain, explain_q)), progress(s, c, start))
         result.update(chain)
         result["from_stage"] = STAGES[start]
+        result["canonical"] = _png_data_url(c.image)
         result["cached"] = clf_cached and gen_cached
         log.info(
             "progression",

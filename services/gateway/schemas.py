@@ -25,7 +25,8 @@ class PredictResponse(BaseModel):
     confidence: float = Field(description="probability of the predicted stage")
     model: ModelVersion
     cached: bool = Field(description="true when this answer came from the result cache")
-    explanation: Explanation | None = None
+    explain: Explanation | None = Field(None, description="Grad-CAM, when explain=true")
+    canonical: str | None = Field(None, description="the canonical slice the models saw, data:image/png;base64,... (progression, or explain=true)")
 
 
 class Step(BaseModel):
