@@ -14,7 +14,10 @@ COPY requirements.lock /src/requirements.lock
 RUN pip install --no-cache-dir -c /src/requirements.lock mlflow psycopg2-binary==2.9.13
 
 FROM ${PYTHON_IMAGE} AS runtime
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH
+# MLflow 3 refuses Host headers it does not know (DNS-rebinding guard): allow the service
+# name in compose (mlflow:5000) and in Kubernetes (mlflow.<namespace>.svc...); /health is exempt.
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH \
+    MLFLOW_SERVER_ALLOWED_HOSTS=mlflow,mlflow:5000,mlflow.*,localhost,localhost:*,127.0.0.1,127.0.0.1:*
 RUN groupadd --system --gid 10001 mlflow \
     && useradd --system --uid 10001 --gid mlflow --create-home --home-dir /home/mlflow mlflow \
     && mkdir -p /mlartifacts && chown mlflow:mlflow /mlartifacts
@@ -24,4 +27,4 @@ EXPOSE 5000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=5 \
     CMD ["python", "-c", "import sys,urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:5000/health', timeout=2).status == 200 else 1)"]
 # The backend store URI comes from the environment (it carries the database password).
-CMD ["sh", "-c", "exec mlflow server --backend-store-uri \"$MLFLOW_BACKEND_STORE_URI\" --artifacts-destination /mlartifacts --serve-artifacts --host 0.0.0.0 --port 5000 --workers \"${MLFLOW_WORKERS:-2}\" --allowed-hosts \"${MLFLOW_ALLOWED_HOSTS:-mlflow,mlflow:5000,mlflow.*,localhost,localhost:*,127.0.0.1:*}\""]
+CMD ["sh", "-c", "exec mlflow server --backend-store-uri \"$MLFLOW_BACKEND_STORE_URI\" --artifacts-destination /mlartifacts --serve-artifacts --host 0.0.0.0 --port 5000 --workers \"${MLFLOW_WORKERS:-2}\""]
