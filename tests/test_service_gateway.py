@@ -1,0 +1,357 @@
+"""Gateway over HTTP: the public contract, the cache, hostile inputs, failing dependencies, access.
+
+The classifier and the generator run as real processes (``python -m services.<name>``) serving
+tiny real artifacts from their model cache with MLflow unreachable; the gateway runs
+in-process (FastAPI TestClient) so each test can give it its own settings. Redis is the real
+one (DB 11, a unique key prefix per test).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from PIL import Image, PngImagePlugin
+from service_helpers import (
+    classify_count,
+    dead_port,
+    progress_count,
+    seed_cache,
+    start_service,
+    tiny_classifier_artifact,
+    tiny_generator_artifact,
+    wait_ready,
+)
+
+from alzprog.constants import CLASSIFIER_MODEL_NAME, STAGES, TRANSITIONS, progression_model_name
+from services.gateway.app import create_app
+from services.gateway.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory):
+    """Classifier and generator processes serving cached tiny models (MLflow down)."""
+    from conftest import free_port
+
+    home = tmp_path_factory.mktemp("gw_home")
+    art = tmp_path_factory.mktemp("gw_art")
+    seed_cache(home, CLASSIFIER_MODEL_NAME, 1, tiny_classifier_artifact(art / "clf", seed=5))
+    for i, (slug, _, _) in enumerate(TRANSITIONS):
+        seed_cache(home, progression_model_name(slug), 1, tiny_generator_artifact(art / slug, seed=i))
+    env = {
+        "ALZPROG_HOME": str(home),
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{dead_port()}",
+        "CLASSIFIER_RETRY_SECONDS": "0.5",
+        "GENERATOR_RETRY_SECONDS": "0.5",
+        "CLASSIFIER_MAX_CONCURRENCY": "1",
+        "GENERATOR_MAX_CONCURRENCY": "1",
+        "GENERATOR_BACKEND": "onnxruntime",
+    }
+    logs = tmp_path_factory.mktemp("gw_logs")
+    clf = start_service("classifier", free_port(), env, logs)
+    gen = start_service("generator", free_port(), env, logs)
+    try:
+        wait_ready(clf)
+        wait_ready(gen)
+        yield {"classifier": clf, "generator": gen}
+    finally:
+        clf.stop()
+        gen.stop()
+
+
+@pytest.fixture
+def make_gateway(backends, redis_url, key_prefix):
+    """Factory: a TestClient on a gateway wired to the backend processes; cleans its Redis keys."""
+    clients = []
+    prefix = key_prefix.rstrip(":")
+
+    def make(**overrides) -> TestClient:
+        kw = dict(
+            classifier_url=backends["classifier"].url,
+            generator_url=backends["generator"].url,
+            redis_url=redis_url,
+            cache_prefix=prefix,
+            versions_ttl_s=0.2,
+        )
+        kw.update(overrides)
+        client = TestClient(create_app(Settings(**kw)))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)
+    r = redis.Redis.from_url(redis_url)
+    for k in r.scan_iter(f"{prefix}:*"):
+        r.delete(k)
+
+
+@pytest.fixture(scope="module")
+def sample_bytes(oasis_sample_files) -> bytes:
+    nd = [p for p in oasis_sample_files if p.parent.name == "Non Demented"]
+    return nd[0].read_bytes()
+
+
+def redis_keys(redis_url: str, prefix: str) -> list[str]:
+    return [k.decode() for k in redis.Redis.from_url(redis_url).scan_iter(f"{prefix}*")]
+
+
+def png_bytes(arr: np.ndarray, text: dict[str, str] | None = None) -> bytes:
+    info = PngImagePlugin.PngInfo()
+    for k, v in (text or {}).items():
+        info.add_text(k, v)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- contract
+def test_predict_on_real_oasis_sample_follows_the_contract(make_gateway, sample_bytes):
+    gw = make_gateway()
+    r = gw.post("/predict", files={"file": ("scan.jpg", sample_bytes, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert set(out) >= {"stage", "stage_index", "probabilities", "model", "cached"}
+    assert list(out["probabilities"]) == list(STAGES)
+    assert sum(out["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+    assert out["stage"] == STAGES[out["stage_index"]]
+    assert out["model"] == {"name": CLASSIFIER_MODEL_NAME, "version": "1"}
+    assert out["cached"] is False
+    assert r.headers["cache-control"] == "no-store"
+    assert r.headers["x-request-id"]
+
+
+def test_second_identical_upload_comes_from_redis_without_calling_the_classifier(make_gateway, sample_bytes, backends, redis_url, key_prefix):
+    gw = make_gateway()
+    clf_url = backends["classifier"].url
+    first = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
+    assert first.status_code == 200 and first.json()["cached"] is False
+    keys = redis_keys(redis_url, key_prefix)
+    assert len(keys) == 1 and ":predict:" in keys[0] and keys[0].endswith(":c1")
+    calls = classify_count(clf_url)
+    second = gw.post("/predict", files={"file": ("b.jpg", sample_bytes)})
+    assert second.status_code == 200
+    assert second.json()["cached"] is True
+    assert classify_count(clf_url) == calls, "a cached answer must not call the classifier"
+    a, b = first.json(), second.json()
+    a.pop("cached"), b.pop("cached")
+    assert a == b
+
+
+def test_progression_from_non_demented_returns_three_synthetic_steps(make_gateway, sample_bytes, backends):
+    gw = make_gateway()
+    r = gw.post("/progression", files={"file": ("a.jpg", sample_bytes)}, data={"from_stage": "Non Demented"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["from_stage"] == STAGES[0]
+    assert [s["stage"] for s in out["steps"]] == list(STAGES[1:])
+    assert all(s["image"].startswith("data:image/png;base64,") and s["synthetic"] for s in out["steps"])
+    assert [m["name"] for m in out["generator_models"]] == [progression_model_name(t[0]) for t in TRANSITIONS]
+    assert out["canonical"].startswith("data:image/png;base64,")
+    assert r.headers["cache-control"] == "no-store"
+    calls = progress_count(backends["generator"].url)
+    again = gw.post("/progression", files={"file": ("a.jpg", sample_bytes)}, data={"from_stage": "nd"})
+    assert again.json()["cached"] is True
+    assert progress_count(backends["generator"].url) == calls
+
+
+def test_identical_concurrent_uploads_are_computed_once(make_gateway, backends):
+    gw = make_gateway(redis_url="")  # no cache: only single-flight can dedupe
+    rng = np.random.default_rng(11)
+    img = np.zeros((180, 160), np.uint8)
+    img[20:160, 20:140] = rng.integers(50, 220, (140, 120), dtype=np.uint8)
+    data = png_bytes(img)
+    before = classify_count(backends["classifier"].url)
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: gw.post("/predict", files={"file": ("x.png", data)}), range(6)))
+    assert all(r.status_code == 200 for r in results)
+    bodies = {json.dumps(r.json()["probabilities"], sort_keys=True) for r in results}
+    assert len(bodies) == 1, "all callers get the same answer"
+    assert classify_count(backends["classifier"].url) - before < 6
+    # Usually exactly 1; the bound allows for a request that arrived after the first finished.
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "payload, status, code",
+    [
+        (b"", 400, "empty_file"),
+        (b"#!/bin/sh\necho pwned\n", 415, "unsupported_format"),
+        (b"MZ\x90\x00" + b"\x00" * 200, 415, "unsupported_format"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + b"\x00" * 10, None, None),  # truncated PNG
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", 415, "unsupported_format"),
+    ],
+    ids=["empty", "script-as-png", "exe-as-png", "truncated-png", "eps"],
+)
+def test_bad_uploads_get_4xx_json(make_gateway, payload, status, code):
+    gw = make_gateway()
+    r = gw.post("/predict", files={"file": ("image.png", payload, "image/png")})
+    assert 400 <= r.status_code < 500, r.text
+    if status is not None:
+        assert r.status_code == status
+        assert r.json()["error"]["code"] == code
+    assert set(r.json()) == {"error"} and set(r.json()["error"]) == {"code", "message"}
+
+
+def test_missing_file_field_and_bad_stage_are_422(make_gateway, sample_bytes):
+    gw = make_gateway()
+    r = gw.post("/predict", data={"explain": "false"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    r = gw.post("/progression", files={"file": ("a.jpg", sample_bytes)}, data={"from_stage": "Severe Dementia"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "bad_stage"
+
+
+def test_too_many_files_in_multipart_is_400(make_gateway, sample_bytes):
+    gw = make_gateway()
+    r = gw.post("/predict", files=[("file", ("a.jpg", sample_bytes)), ("file", ("b.jpg", sample_bytes))])
+    assert r.status_code == 400
+    assert set(r.json()["error"]) == {"code", "message"}
+
+
+def test_body_limit_413_before_reading_also_chunked_and_exact_limit_accepted(make_gateway):
+    limit = 4096
+    gw = make_gateway(max_body_bytes=limit)
+    boundary = "b0undary"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    ctype = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+    def body(n_total: int) -> bytes:
+        return head + b"A" * (n_total - len(head) - len(tail)) + tail
+
+    over = gw.post("/predict", content=body(limit + 1), headers=ctype)
+    assert over.status_code == 413 and over.json()["error"]["code"] == "body_too_large"
+    exact = gw.post("/predict", content=body(limit), headers=ctype)
+    assert exact.status_code == 415, exact.text  # read in full and handled: not an image
+
+    def chunks():  # no Content-Length: Transfer-Encoding chunked
+        for _ in range(10):
+            yield b"A" * 1024
+
+    chunked = gw.post("/predict", content=chunks(), headers=ctype)
+    assert chunked.status_code == 413
+
+
+def test_malformed_content_length_is_400(make_gateway):
+    gw = make_gateway()
+    r = gw.post("/predict", content=b"abc", headers={"Content-Length": "3x", "Content-Type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "malformed_content_length"
+
+
+# ----------------------------------------------------------------------------- failing deps
+def test_redis_down_serves_uncached_and_readiness_reports_degraded(make_gateway, sample_bytes):
+    gw = make_gateway(redis_url=f"redis://127.0.0.1:{dead_port()}/0")
+    for _ in range(2):
+        r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
+        assert r.status_code == 200 and r.json()["cached"] is False
+    ready = gw.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["cache"]["status"] == "degraded"
+
+
+def test_blackholed_redis_adds_bounded_latency(make_gateway, sample_bytes):
+    """A Redis port that accepts connections but never answers: requests still succeed."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)  # never accept(): the kernel completes the handshake, nobody replies
+    try:
+        gw = make_gateway(redis_url=f"redis://127.0.0.1:{hole.getsockname()[1]}/0", redis_timeout_s=0.2, redis_backoff_s=30)
+        warm = make_gateway(redis_url="")
+        warm.post("/predict", files={"file": ("a.jpg", sample_bytes)})  # both backends warm
+        t0 = time.perf_counter()
+        r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        r2 = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
+        second = time.perf_counter() - t0
+    finally:
+        hole.close()
+    assert r.status_code == 200 and r2.status_code == 200
+    assert first < 3.0, f"first request with a black-holed Redis took {first:.2f}s"
+    # After one timeout, Redis is skipped for the back-off period: no added latency.
+    assert second < first
+
+
+def test_corrupt_cache_value_is_a_miss(make_gateway, sample_bytes, redis_url, key_prefix):
+    gw = make_gateway()
+    assert gw.post("/predict", files={"file": ("a.jpg", sample_bytes)}).status_code == 200
+    (key,) = redis_keys(redis_url, key_prefix)
+    redis.Redis.from_url(redis_url).set(key, b"\x80\x04garbage{not json")
+    r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
+    assert r.status_code == 200 and r.json()["cached"] is False
+    assert set(r.json()["probabilities"]) == set(STAGES)
+
+
+def test_dead_classifier_gives_fast_503_with_retry_after(make_gateway, sample_bytes):
+    gw = make_gateway(classifier_url=f"http://127.0.0.1:{dead_port()}", redis_url="", breaker_failures=2, breaker_reset_s=30)
+    for _ in range(2):
+        r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "backend_unavailable"
+    # The circuit is open now: answered without touching the network.
+    t0 = time.perf_counter()
+    r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
+    elapsed = time.perf_counter() - t0
+    assert r.status_code == 503
+    assert int(r.headers["Retry-After"]) >= 1
+    assert elapsed < 0.5, f"open circuit answered in {elapsed:.3f}s"
+    ready = gw.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["checks"]["classifier"]["ready"] is False
+
+
+# ----------------------------------------------------------------------------- access
+def test_api_keys_required_when_configured_and_rate_limited(make_gateway, sample_bytes):
+    key = "k" * 24
+    gw = make_gateway(api_keys=f"web:{key}", rate_limit_burst=2, rate_limit_per_minute=1)
+    r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)}, headers={"X-API-Key": "x" * 24})
+    assert r.status_code == 401
+    ok = [gw.post("/predict", files={"file": ("a.jpg", sample_bytes)}, headers={"X-API-Key": key}) for _ in range(2)]
+    assert [o.status_code for o in ok] == [200, 200]
+    limited = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)}, headers={"X-API-Key": key})
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    assert gw.get("/livez").status_code == 200  # health stays open
+
+
+def test_no_canary_in_logs_or_redis(make_gateway, backends, redis_url, key_prefix, capfd):
+    """Patient name, id, birth date, institution and file names never reach logs or Redis."""
+    from fixtures_images import PHI, dicom_bytes, head_phantom
+
+    gw = make_gateway()
+    canary_file = "CANARY-Smith-John-19400101.png"
+    png = png_bytes(head_phantom(160, 140, seed=3), text={"Author": "CANARY-PNG-AUTHOR", "Comment": PHI["PatientID"]})
+    dcm = dicom_bytes(head_phantom(160, 140, seed=4).astype(np.uint16) * 16)
+    for name, data in ((canary_file, png), ("CANARY-dicom-Jane-Doe.dcm", dcm)):
+        for path in ("/predict", "/progression"):
+            r = gw.post(path, files={"file": (name, data)}, data={"from_stage": "nd"} if path == "/progression" else None,
+                        headers={"X-Request-ID": "canary-test"})
+            assert r.status_code == 200, r.text
+    bad = gw.post("/predict", files={"file": (canary_file, b"CANARY-PNG-AUTHOR not an image")})
+    assert bad.status_code == 415 and "CANARY" not in bad.text
+    captured = capfd.readouterr()
+    texts = {"gateway": captured.out + captured.err}
+    for name, svc in backends.items():
+        texts[name] = svc.log_text()
+    rc = redis.Redis.from_url(redis_url)
+    keys = [k for k in rc.scan_iter(f"{key_prefix}*")]
+    assert keys
+    texts["redis"] = "\n".join(k.decode() + " " + (rc.get(k) or b"").decode("latin-1") for k in keys)
+    # Long or punctuated canaries only: base64 image data in Redis could contain "Doe" by chance.
+    canaries = ["CANARY", "Smith-John", "PNG-AUTHOR", "Doe^Jane", "SECRET-ID-4711", "19400101", "Hospital of Secrets", "House^Gregory"]
+    assert "canary-test" in texts["gateway"] and "canary-test" in texts["classifier"], "the logs were captured"
+    for where, text in texts.items():
+        for c in canaries:
+            assert c not in text, f"{c!r} leaked into {where}"
