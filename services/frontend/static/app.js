@@ -43,7 +43,7 @@
 
   let currentFile = null;
   let previewUrl = null; // blob: URL of the local preview, revoked when replaced
-  let originalSrc = null; // what the strip shows as the original (blob: or the gateway's canonical PNG)
+  let canonicalSrc = null; // the gateway's canonical slice (PNG data URL): what the models saw
   let busy = false;
 
   function setBusy(on, text) {
@@ -94,11 +94,8 @@
     el.button.disabled = false;
     if (previewUrl) URL.revokeObjectURL(previewUrl);
     previewUrl = null;
-    originalSrc = null;
-    if (await sniffPreviewable(file)) {
-      previewUrl = URL.createObjectURL(file);
-      originalSrc = previewUrl;
-    }
+    canonicalSrc = null;
+    if (await sniffPreviewable(file)) previewUrl = URL.createObjectURL(file);
     await analyse();
   }
 
@@ -192,25 +189,29 @@
   // The gateway may return the canonical (cropped, resized) slice as a PNG data URL; it is
   // the only preview possible for DICOM and NIfTI.
   function canonicalFrom(data) {
-    const candidates = [data.canonical, data.canonical_image, data.input_image, data.original];
-    return candidates.find(isDataPng) || null;
+    return isDataPng(data.canonical) ? data.canonical : null;
   }
 
   function renderPrediction(data) {
     el.stageName.textContent = data.stage || "unknown";
     const meta = [];
-    if (data.probabilities && data.stage in data.probabilities) {
-      meta.push("probability " + formatPercent(data.probabilities[data.stage]));
-    }
+    // `confidence` is the calibrated probability of the predicted stage (docs/api.md).
+    const confidence =
+      typeof data.confidence === "number"
+        ? data.confidence
+        : data.probabilities && data.probabilities[data.stage];
+    if (typeof confidence === "number") meta.push("confidence " + formatPercent(confidence));
     if (data.model) meta.push(modelText(data.model));
     if (data.cached) meta.push("from cache");
     el.stageMeta.textContent = meta.join(" · ");
     renderBars(data.probabilities || {}, data.stage);
 
-    const canonical = canonicalFrom(data);
-    if (!originalSrc && canonical) originalSrc = canonical;
-    if (originalSrc) {
-      el.originalImg.src = originalSrc;
+    canonicalSrc = canonicalFrom(data) || canonicalSrc;
+    // The upload as the user sent it (blob: preview of PNG/JPEG); DICOM and NIfTI have no
+    // browser preview, so the canonical slice stands in for them.
+    const shown = previewUrl || canonicalSrc;
+    if (shown) {
+      el.originalImg.src = shown;
       el.originalImg.hidden = false;
       el.noPreview.hidden = true;
     } else {
@@ -224,7 +225,7 @@
     if (isDataPng(overlay)) {
       el.gradcamImg.src = overlay;
       el.gradcamCard.hidden = false;
-      const frac = explain.saliency_in_brain ?? explain.in_brain_fraction ?? explain.saliency_fraction;
+      const frac = explain.saliency_in_brain_fraction;
       el.saliency.textContent =
         typeof frac === "number" ? "(" + formatPercent(frac) + " of the saliency inside the brain)" : "";
     } else {
@@ -264,10 +265,11 @@
 
   function renderProgression(data) {
     const steps = Array.isArray(data.steps) ? data.steps : [];
-    const canonical = canonicalFrom(data);
-    if (!originalSrc && canonical) originalSrc = canonical;
+    canonicalSrc = canonicalFrom(data) || canonicalSrc;
     el.strip.replaceChildren();
-    el.strip.appendChild(stripItem(originalSrc, "Original: " + (data.stage || ""), false));
+    // The canonical slice has the same framing as the synthesized ones, so it is the fairest
+    // "before" image; the raw upload preview is the fallback.
+    el.strip.appendChild(stripItem(canonicalSrc || previewUrl, "Original: " + (data.stage || ""), false));
     for (const step of steps) {
       if (!isDataPng(step.image)) continue; // only our own PNG data URLs are ever shown
       el.strip.appendChild(stripItem(step.image, step.stage || "", true));
@@ -279,19 +281,11 @@
     } else {
       el.progressionNote.hidden = true;
     }
-    const gens = data.generators || data.generator_models || data.models || null;
-    let genText = "";
-    if (Array.isArray(gens)) genText = gens.map(modelText).filter(Boolean).join(", ");
-    else if (gens && typeof gens === "object") {
-      genText = Object.values(gens)
-        .map((m) => (typeof m === "object" ? modelText(m) : String(m)))
-        .join(", ");
-    } else {
-      genText = steps
-        .map((s) => (s.model ? modelText(s.model) : ""))
-        .filter(Boolean)
-        .join(", ");
-    }
+    // Each step names the transition model that made it (docs/api.md).
+    const genText = steps
+      .map((s) => (s.model ? modelText(s.model) : ""))
+      .filter(Boolean)
+      .join(", ");
     el.generatorMeta.textContent = genText ? "Generators: " + genText : "";
     el.progression.hidden = false;
   }
