@@ -94,3 +94,13 @@ def test_standard_networks_report_unavailable_with_reason_or_run() -> None:
             assert result == {"value": 0.0}
         else:
             assert result["value"] is None and result["unavailable"] == why and len(why) > 10
+
+
+def test_batched_metrics_are_per_image() -> None:
+    a, b = _pair(5)
+    c, d = _pair(6)
+    batch = im.pixel_metrics(np.stack([a, c]), np.stack([b, d]), mask=np.ones((2, *a.shape), dtype=bool))
+    one = im.pixel_metrics(c, d, mask=np.ones_like(c, dtype=bool))
+    assert batch["ssim"].shape == (2,)
+    assert batch["ssim_brain"][1] == pytest.approx(one["ssim_brain"][0], abs=1e-12)
+    assert batch["ssim"][0] == pytest.approx(structural_similarity(a, b, data_range=255), abs=1e-9)

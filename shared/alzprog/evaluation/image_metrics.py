@@ -34,18 +34,23 @@ def to_unit(images: np.ndarray | torch.Tensor) -> torch.Tensor:
         t = t.double() / 255.0
     else:
         t = (t.double() + 1.0) / 2.0  # generator range [-1, 1]
-    while t.dim() < 4:
-        t = t.unsqueeze(0)
+    return _nchw(t)
+
+
+def _nchw(t: torch.Tensor) -> torch.Tensor:
+    """(H,W) -> (1,1,H,W); (N,H,W) -> (N,1,H,W); 4-D unchanged."""
+    if t.dim() == 2:
+        return t[None, None]
+    if t.dim() == 3:
+        return t[:, None]
     return t
 
 
 def _as_mask(mask: np.ndarray | torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     if mask is None:
         return torch.ones_like(like)
-    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).to(like.dtype)
-    while m.dim() < 4:
-        m = m.unsqueeze(0)
-    return m.expand_as(like)
+    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
+    return _nchw(m).to(device=like.device, dtype=like.dtype).expand_as(like)
 
 
 def mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,552 @@
+"""Evaluation of the progression generators against the true future (``alzprog evaluate progression``).
+
+On the *test* subjects of a split (never seen in training or validation), every transition's
+registered ``champion`` generator is compared with the true future image of the same subject
+and slice, beside two baselines: ``identity`` (output = input, "nothing changes") and ``dcgan``
+(the published design, registered under the ``dcgan`` alias, same training budget). The chain
+(Non Demented -> ... -> Moderate, each step fed the previous output) is scored against the true
+Moderate image.
+
+Reported: MSE, PSNR, SSIM whole-frame and inside the brain mask (union of the input's and the
+truth's masks), LPIPS and Inception FID when their standard weights are on disk (else the
+reason), a domain FID on the stage classifier's penultimate features, stage consistency (share
+of generated images the classifier assigns to the target stage) and anatomy: the share of
+generated steps (and of whole chains) along which the ventricle / CSF area inside the brain
+grows.
+
+``roi_ablation`` trains the default variant with and without the ROI discriminator at the same
+budget and tabulates the same metrics (the original study's ablation).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+from scipy import ndimage as ndi
+
+from alzprog.constants import CHAMPION_ALIAS, DCGAN_ALIAS, PROGRESSION_EXPERIMENT, STAGES, TRANSITIONS, progression_model_name
+from alzprog.evaluation import image_metrics as im
+
+log = logging.getLogger(__name__)
+
+CONTRACT_KEYS = ("ssim_brain", "mse_brain", "psnr_brain")
+EXTRA_KEYS = ("ssim", "mse", "psnr")
+# Dark CSF: darker than this fraction of the median brain intensity of the chain's input.
+CSF_FRACTION = 0.55
+# Erosion (pixels) of the input's brain mask before counting CSF, so the dark rim outside the
+# cortex (the mask's edge) is not counted as ventricle.
+CSF_ERODE = 6
+
+
+# --------------------------------------------------------------------------- anatomy
+
+
+def csf_threshold(image: np.ndarray, mask: np.ndarray) -> float:
+    """Intensity below which a brain pixel counts as CSF, from the chain's input image."""
+    vals = np.asarray(image)[np.asarray(mask, dtype=bool)]
+    return float(CSF_FRACTION * np.median(vals)) if vals.size else 0.0
+
+
+def ventricle_area(image: np.ndarray, mask: np.ndarray, threshold: float) -> int:
+    """Number of dark (CSF) pixels inside the eroded brain mask."""
+    inner = ndi.binary_erosion(np.asarray(mask, dtype=bool), iterations=CSF_ERODE)
+    return int(((np.asarray(image) < threshold) & inner).sum())
+
+
+def grows(areas: list[int]) -> bool:
+    """Strictly increasing along the sequence (never shrinks, never stalls)."""
+    return all(b > a for a, b in zip(areas, areas[1:]))
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class Generators:
+    """Generators per transition for one label (``model`` or ``dcgan``); None where unavailable."""
+
+    models: dict[str, nn.Module | None]
+    versions: dict[str, str | None]
+    reasons: dict[str, str]
+
+
+def load_registered(alias: str, device: torch.device) -> Generators:
+    """Load ``alzheimer-progression-<t>@<alias>`` for every transition that has it."""
+    from alzprog.artifacts import load_artifact
+    from alzprog.registry import resolve_model
+
+    models, versions, reasons = {}, {}, {}
+    for slug, _, _ in TRANSITIONS:
+        try:
+            r = resolve_model(f"models:/{progression_model_name(slug)}@{alias}")
+            models[slug] = load_artifact(r.local_dir, device=device).model
+            versions[slug] = r.version
+        except Exception as exc:  # noqa: BLE001 - reported, not fatal: a baseline may be missing
+            models[slug], versions[slug] = None, None
+            reasons[slug] = f"{progression_model_name(slug)}@{alias} unavailable: {exc}"
+    return Generators(models, versions, reasons)
+
+
+@dataclass
+class Classifier:
+    model: nn.Module
+    config: dict[str, Any]
+    version: str
+
+    def predict(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Stage index per canonical uint8 image."""
+        return self.logits(images, batch_size).argmax(1)
+
+    def inputs(self, images: np.ndarray) -> torch.Tensor:
+        from alzprog import preprocessing as pp
+
+        size = int(self.config.get("image_size", 256))
+        mean = tuple(self.config.get("mean", pp.IMAGENET_MEAN))
+        std = tuple(self.config.get("std", pp.IMAGENET_STD))
+        return torch.stack([pp.classifier_input(np.asarray(i), size, mean, std) for i in images])
+
+    def logits(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                out.append(self.model(self.inputs(images[i : i + batch_size]).to(device)).float().cpu())
+        return torch.cat(out).numpy()
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        return im.penultimate_features(self.model, self.inputs(images))
+
+
+def load_classifier_or_reason(uri: str | None, device: torch.device) -> tuple[Classifier | None, str | None]:
+    from alzprog.progression import load_classifier
+
+    try:
+        model, config, version = load_classifier(uri, device=device)
+        return Classifier(model, config, version), None
+    except Exception as exc:  # noqa: BLE001
+        return None, f"stage classifier unavailable: {exc}"
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def score_outputs(
+    outputs: dict[str, np.ndarray | None],
+    target: np.ndarray,
+    mask: np.ndarray,
+    reasons: dict[str, str],
+) -> dict[str, dict[str, Any]]:
+    """Pixel metrics of each labelled output set against the truth (contract keys first)."""
+    result: dict[str, dict[str, Any]] = {}
+    for label, pred in outputs.items():
+        if pred is None:
+            result[label] = {k: None for k in CONTRACT_KEYS} | {"unavailable": reasons.get(label, "not available")}
+            continue
+        m = im.summarize(im.pixel_metrics(pred, target, mask))
+        result[label] = {k: m[k] for k in (*CONTRACT_KEYS, *EXTRA_KEYS)}
+    return result
+
+
+def optional_networks(pred: np.ndarray, target: np.ndarray) -> dict[str, Any]:
+    """LPIPS and Inception FID with the standard networks, or why they are unavailable."""
+    return {
+        "lpips": im.optional_metric(lambda: im.lpips_distance(pred, target), im.lpips_status),
+        "inception_fid": im.optional_metric(lambda: im.inception_fid(target, pred), im.inception_fid_status),
+    }
+
+
+def domain_fid(classifier: Classifier | None, reason: str | None, real: np.ndarray, fake: np.ndarray) -> dict[str, Any]:
+    """FID on the stage classifier's penultimate features (needs at least 2 images each side)."""
+    if classifier is None:
+        return {"value": None, "unavailable": reason}
+    if len(real) < 2 or len(fake) < 2:
+        return {"value": None, "unavailable": "fewer than 2 images"}
+    return {"value": im.fid_from_features(classifier.features(real), classifier.features(fake))}
+
+
+def _generate(model: nn.Module | None, images: np.ndarray, masks: np.ndarray, device: torch.device) -> np.ndarray | None:
+    from alzprog.training.progression import generate
+
+    return None if model is None else generate(model, images, masks, device)
+
+
+def evaluate_transition_outputs(
+    source: np.ndarray,
+    target: np.ndarray,
+    mask_src: np.ndarray,
+    mask_tgt: np.ndarray,
+    outputs: dict[str, np.ndarray | None],
+    reasons: dict[str, str],
+    target_stage: int,
+    classifier: Classifier | None,
+    classifier_reason: str | None,
+) -> dict[str, Any]:
+    """Every metric of one transition for the labelled outputs (``model``, ``identity``, ``dcgan``)."""
+    mask = mask_src | mask_tgt
+    res: dict[str, Any] = score_outputs(outputs, target, mask, reasons)
+    res["n_pairs"] = int(len(source))
+    if classifier is not None:
+        consistency = {k: float((classifier.predict(v) == target_stage).mean()) for k, v in outputs.items() if v is not None}
+        consistency["truth"] = float((classifier.predict(target) == target_stage).mean())
+        res["stage_consistency"] = consistency.get("model")
+        res["stage_consistency_all"] = consistency
+    else:
+        res["stage_consistency"] = None
+        res["stage_consistency_unavailable"] = classifier_reason
+    # Anatomy: does the CSF area inside the input's brain grow from input to output?
+    thr = [csf_threshold(s, m) for s, m in zip(source, mask_src)]
+    src_area = [ventricle_area(s, m, t) for s, m, t in zip(source, mask_src, thr)]
+    shares = {}
+    for label, pred in list(outputs.items()) + [("truth", target)]:
+        if pred is None:
+            continue
+        shares[label] = float(np.mean([ventricle_area(p, m, t) > a for p, m, t, a in zip(pred, mask_src, thr, src_area)]))
+    res["ventricle_monotonic_share"] = shares.get("model")
+    res["ventricle_growth_share_all"] = shares
+    res["domain_fid"] = {k: domain_fid(classifier, classifier_reason, target, v) if v is not None else None for k, v in outputs.items()}
+    if outputs.get("model") is not None:
+        res["standard_networks"] = optional_networks(outputs["model"], target)
+    return res
+
+
+def chain_table(pairs_by_transition: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """(subject, slice) with all four stages: the stage-k image paths as columns ``p0..p3``."""
+    frame = None
+    for k, (slug, src, tgt) in enumerate(TRANSITIONS):
+        p = pairs_by_transition[slug][["subject", "slice", "source_path", "target_path"]]
+        p = p.rename(columns={"source_path": f"p{src}", "target_path": f"p{tgt}"})
+        frame = p if frame is None else frame.merge(p.drop(columns=[f"p{src}"]), on=["subject", "slice"], how="inner")
+    return frame.reset_index(drop=True) if frame is not None else pd.DataFrame()
+
+
+def evaluate_progression(
+    split_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    pairs_csv: Path | str | None = None,
+    device: str = "auto",
+    alias: str = CHAMPION_ALIAS,
+    baseline_alias: str = DCGAN_ALIAS,
+    classifier_uri: str | None = None,
+    max_pairs: int | None = None,
+    log_mlflow: bool = True,
+    generators: dict[str, dict[str, nn.Module | None]] | None = None,
+) -> dict[str, Any]:
+    """Evaluate the registered generators on the split's test subjects; write ``report.json``.
+
+    ``generators`` (``{"model": {slug: module}, "dcgan": {...}}``) replaces the registry lookup
+    (the ROI ablation uses it for unregistered runs).
+    """
+    from alzprog.data.dataset import CanonicalCache
+    from alzprog.data.split import load_split
+    from alzprog.progression import chain_canonical
+    from alzprog.training.common import select_device
+    from alzprog.training.progression import find_pairs
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = select_device(device)
+    test = load_split(Path(split_dir), sides=("test",))["test"]  # leakage guard over the whole split
+    pairs = {slug: find_pairs(test, slug, pairs_csv) for slug, _, _ in TRANSITIONS}
+    if max_pairs:
+        pairs = {k: _subsample(v, max_pairs) for k, v in pairs.items()}
+    if generators is None:
+        model_g, dcgan_g = load_registered(alias, dev), load_registered(baseline_alias, dev)
+    else:
+        model_g = Generators(generators.get("model", {}), {k: "unregistered" for k in generators.get("model", {})}, {})
+        dc = generators.get("dcgan", {})
+        dcgan_g = Generators({s: dc.get(s) for s, _, _ in TRANSITIONS}, {s: None for s, _, _ in TRANSITIONS}, {s: "not trained in this run" for s, _, _ in TRANSITIONS})
+    classifier, classifier_reason = load_classifier_or_reason(classifier_uri, dev)
+
+    all_paths = [p for v in pairs.values() for p in (*v["source_path"], *v["target_path"])]
+    if not all_paths:
+        raise RuntimeError(f"no same-subject pairs on the test side of {split_dir}: nothing to compare against a true future")
+    cache = CanonicalCache.build(all_paths)
+
+    def load(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        idx = cache.index_of(paths)
+        return np.asarray(cache.images[idx]), np.asarray(cache.masks[idx])
+
+    report: dict[str, Any] = {
+        "split": str(Path(split_dir).resolve()),
+        "models": {"model": model_g.versions, "dcgan": dcgan_g.versions},
+        "classifier": {"version": classifier.version} if classifier else {"unavailable": classifier_reason},
+        "ventricle_rule": f"dark CSF = brain pixels below {CSF_FRACTION} x median brain intensity of the input, "
+        f"inside the input's brain mask eroded by {CSF_ERODE} px",
+    }
+    for slug, src, tgt in TRANSITIONS:
+        p = pairs[slug]
+        if len(p) == 0:
+            report[slug] = {"unavailable": "no test pairs"}
+            continue
+        s_img, s_mask = load(list(p["source_path"]))
+        t_img, t_mask = load(list(p["target_path"]))
+        outputs = {
+            "model": _generate(model_g.models.get(slug), s_img, s_mask, dev),
+            "identity": s_img,
+            "dcgan": _generate(dcgan_g.models.get(slug), s_img, s_mask, dev),
+        }
+        reasons = {"model": model_g.reasons.get(slug, ""), "dcgan": dcgan_g.reasons.get(slug, "")}
+        report[slug] = evaluate_transition_outputs(s_img, t_img, s_mask, t_mask, outputs, reasons, tgt, classifier, classifier_reason)
+        report[slug]["transition"] = f"{STAGES[src]} -> {STAGES[tgt]}"
+        log.info("%s: model %s | identity %s | dcgan %s", slug, *(_short(report[slug][k]) for k in ("model", "identity", "dcgan")))
+        if slug == TRANSITIONS[0][0]:
+            _save_examples(out / f"examples_{slug}.png", s_img, outputs, t_img)
+
+    report["chain"] = _evaluate_chain(pairs, load, model_g, dcgan_g, classifier, classifier_reason, dev, out, chain_canonical)
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json))
+    (out / "report.md").write_text(report_markdown(report))
+    if log_mlflow:
+        _log_report(report, out)
+    return report
+
+
+def _evaluate_chain(pairs, load, model_g, dcgan_g, classifier, classifier_reason, dev, out, chain_canonical) -> dict[str, Any]:
+    """The whole chain from Non Demented, scored at the last step against the true Moderate image."""
+    table = chain_table(pairs)
+    if len(table) == 0:
+        return {"unavailable": "no test subject has all four stages"}
+    imgs, masks = zip(*(load(list(table[f"p{k}"])) for k in range(4)))
+    truth = list(imgs)
+    steps: dict[str, list[np.ndarray] | None] = {}
+    for label, g in (("model", model_g), ("dcgan", dcgan_g)):
+        if any(g.models.get(s) is None for s, _, _ in TRANSITIONS):
+            steps[label] = None
+            continue
+        per_step: list[list[np.ndarray]] = [[], [], []]
+        for i in range(len(table)):
+            for k, st in enumerate(chain_canonical(truth[0][i], masks[0][i], 0, g.models)):
+                per_step[k].append(st.image)
+        steps[label] = [np.stack(s) for s in per_step]
+    steps["identity"] = [truth[0], truth[0], truth[0]]
+    reasons = {"model": "; ".join(model_g.reasons.values()), "dcgan": "; ".join(dcgan_g.reasons.values())}
+    final = {k: (v[-1] if v is not None else None) for k, v in steps.items()}
+    res: dict[str, Any] = score_outputs(final, truth[3], masks[0] | masks[3], reasons)
+    res["n_chains"] = int(len(table))
+    res["per_step"] = {
+        STAGES[k + 1]: score_outputs({k2: (v[k] if v is not None else None) for k2, v in steps.items()}, truth[k + 1], masks[0] | masks[k + 1], reasons)
+        for k in range(3)
+    }
+    if classifier is not None:
+        cons = {}
+        for label, v in list(steps.items()) + [("truth", truth[1:])]:
+            if v is None:
+                continue
+            hits = [classifier.predict(v[k]) == k + 1 for k in range(3)]
+            cons[label] = float(np.concatenate(hits).mean())
+        res["stage_consistency"] = cons.get("model")
+        res["stage_consistency_all"] = cons
+    else:
+        res["stage_consistency"] = None
+        res["stage_consistency_unavailable"] = classifier_reason
+    shares = {}
+    for label, v in list(steps.items()) + [("truth", truth[1:])]:
+        if v is None or label == "identity":
+            continue
+        ok = []
+        for i in range(len(table)):
+            thr = csf_threshold(truth[0][i], masks[0][i])
+            areas = [ventricle_area(truth[0][i], masks[0][i], thr)] + [ventricle_area(v[k][i], masks[0][i], thr) for k in range(3)]
+            ok.append(grows(areas))
+        shares[label] = float(np.mean(ok))
+    res["ventricle_monotonic_share"] = shares.get("model")
+    res["ventricle_monotonic_share_all"] = shares
+    if steps.get("model") is not None:
+        res["domain_fid"] = domain_fid(classifier, classifier_reason, truth[3], steps["model"][-1])
+        _save_chain_figure(out / "chains.png", truth, steps)
+    return res
+
+
+def _subsample(frame: pd.DataFrame, n: int) -> pd.DataFrame:
+    if len(frame) <= n:
+        return frame
+    idx = np.unique(np.linspace(0, len(frame) - 1, n).round().astype(int))
+    return frame.iloc[idx].reset_index(drop=True)
+
+
+def _short(d: dict[str, Any]) -> str:
+    return " ".join(f"{k}={d[k]:.4f}" if isinstance(d.get(k), float) else f"{k}={d.get(k)}" for k in CONTRACT_KEYS)
+
+
+def _json(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(type(obj).__name__)
+
+
+def _save_examples(path: Path, source: np.ndarray, outputs: dict[str, np.ndarray | None], target: np.ndarray, n: int = 3) -> None:
+    from PIL import Image
+
+    cols = [source[:n]] + [v[:n] for k, v in outputs.items() if k != "identity" and v is not None] + [target[:n]]
+    Image.fromarray(np.concatenate([np.concatenate([c[i] for c in cols], axis=1) for i in range(min(n, len(source)))], axis=0)).save(path)
+
+
+def _save_chain_figure(path: Path, truth: list[np.ndarray], steps: dict[str, list[np.ndarray] | None], n: int = 2) -> None:
+    """Rows per chain: true stages 0-3 above the model's chain (and dcgan's when present)."""
+    from PIL import Image
+
+    rows = []
+    for i in range(min(n, len(truth[0]))):
+        rows.append(np.concatenate([truth[k][i] for k in range(4)], axis=1))
+        for label in ("model", "dcgan"):
+            v = steps.get(label)
+            if v is not None:
+                rows.append(np.concatenate([truth[0][i]] + [v[k][i] for k in range(3)], axis=1))
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The report's headline table: in-brain SSIM / MSE / PSNR of model, identity and dcgan."""
+    lines = [
+        "| transition | n | model SSIM_b | identity SSIM_b | dcgan SSIM_b | model MSE_b | identity MSE_b | dcgan MSE_b | model PSNR_b | stage cons. | ventricle grows |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def f(v: Any, p: int = 4) -> str:
+        return f"{v:.{p}f}" if isinstance(v, (int, float)) and v is not None else "n/a"
+
+    for key in [t[0] for t in TRANSITIONS] + ["chain"]:
+        r = report.get(key, {})
+        if "model" not in r:
+            lines.append(f"| {key} | - | {r.get('unavailable', 'n/a')} |||||||||")
+            continue
+        lines.append(
+            f"| {key} | {r.get('n_pairs', r.get('n_chains'))} | {f(r['model']['ssim_brain'])} | {f(r['identity']['ssim_brain'])} | "
+            f"{f(r['dcgan']['ssim_brain'])} | {f(r['model']['mse_brain'], 5)} | {f(r['identity']['mse_brain'], 5)} | "
+            f"{f(r['dcgan']['mse_brain'], 5)} | {f(r['model']['psnr_brain'], 2)} | {f(r.get('stage_consistency'), 3)} | "
+            f"{f(r.get('ventricle_monotonic_share'), 3)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _log_report(report: dict[str, Any], out: Path) -> None:
+    import mlflow
+
+    from alzprog import registry
+
+    try:
+        registry.tracking_uri()
+        mlflow.set_experiment(experiment_id=registry.ensure_experiment(PROGRESSION_EXPERIMENT))
+        with mlflow.start_run(run_name="evaluate-progression"):
+            mlflow.set_tag("kind", "evaluation")
+            metrics = {}
+            for key in [t[0] for t in TRANSITIONS] + ["chain"]:
+                r = report.get(key, {})
+                for label in ("model", "identity", "dcgan"):
+                    for m in CONTRACT_KEYS:
+                        v = (r.get(label) or {}).get(m)
+                        if isinstance(v, float) and np.isfinite(v):
+                            metrics[f"{key}.{label}.{m}"] = v
+            mlflow.log_metrics(metrics)
+            for name in ("report.json", "report.md", "chains.png"):
+                if (out / name).exists():
+                    mlflow.log_artifact(str(out / name))
+    except Exception as exc:  # noqa: BLE001 - the report on disk is the result; MLflow is a copy
+        log.warning("could not log the evaluation to MLflow: %s", exc)
+
+
+# --------------------------------------------------------------------------- ROI ablation
+
+
+def roi_ablation(
+    split_dir: Path | str,
+    out_dir: Path | str,
+    cfg: dict[str, Any],
+    *,
+    transition: str = "nd-vmd",
+    pairs_csv: Path | str | None = None,
+    classifier_uri: str | None = None,
+    max_pairs: int | None = None,
+) -> dict[str, Any]:
+    """Train the default variant without and with the ROI discriminator at the same budget,
+    evaluate both on the test pairs of ``transition`` and write ``roi_ablation.{json,md}``.
+
+    Neither run is registered (the champion is untouched); both are MLflow runs, and a summary
+    run ``roi-ablation-<transition>`` carries the table.
+    """
+    import mlflow
+
+    from alzprog import registry
+    from alzprog.artifacts import load_artifact
+    from alzprog.data.dataset import CanonicalCache
+    from alzprog.data.split import load_split
+    from alzprog.training.common import select_device
+    from alzprog.training.progression import find_pairs, generate, train_transition, transition_stages
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = select_device(cfg.get("device", "auto"))
+    src, tgt = transition_stages(transition)
+    rows: dict[str, dict[str, Any]] = {}
+    test = load_split(Path(split_dir), sides=("test",))["test"]
+    p = find_pairs(test, transition, pairs_csv)
+    if max_pairs:
+        p = _subsample(p, max_pairs)
+    if len(p) == 0:
+        raise RuntimeError(f"no test pairs for {transition}")
+    cache = CanonicalCache.build(list(p["source_path"]) + list(p["target_path"]))
+    si, ti = cache.index_of(list(p["source_path"])), cache.index_of(list(p["target_path"]))
+    s_img, s_mask = np.asarray(cache.images[si]), np.asarray(cache.masks[si])
+    t_img, t_mask = np.asarray(cache.images[ti]), np.asarray(cache.masks[ti])
+    classifier, reason = load_classifier_or_reason(classifier_uri, dev)
+    for roi in (False, True):
+        label = "with ROI" if roi else "without ROI"
+        res = train_transition(split_dir, transition, dict(cfg, variant="default", roi=roi), pairs_csv=pairs_csv,
+                               out_dir=out / ("roi" if roi else "no_roi"), register=False)
+        model = load_artifact(res.artifact_dir, device=dev).model
+        pred = generate(model, s_img, s_mask, dev)
+        m = im.summarize(im.pixel_metrics(pred, t_img, s_mask | t_mask))
+        nets = optional_networks(pred, t_img)
+        rows[label] = {
+            **{k: m[k] for k in ("mse", "psnr", "ssim", "mse_brain", "psnr_brain", "ssim_brain")},
+            "lpips": nets["lpips"], "inception_fid": nets["inception_fid"],
+            "domain_fid": domain_fid(classifier, reason, t_img, pred),
+            "run_id": res.run_id, "train_seconds": res.seconds,
+        }
+    with_, without = rows["with ROI"], rows["without ROI"]
+    better = {k: (with_[k] < without[k]) if k.startswith("mse") else (with_[k] > without[k]) for k in ("mse_brain", "psnr_brain", "ssim_brain", "mse", "psnr", "ssim")}
+    n_better = sum(better.values())
+    statement = (
+        f"With the ROI discriminator the {transition} generator scored better on {n_better} of 6 pixel metrics "
+        f"(in-brain SSIM {with_['ssim_brain']:.4f} vs {without['ssim_brain']:.4f}, in-brain MSE {with_['mse_brain']:.5f} vs "
+        f"{without['mse_brain']:.5f}) at the same budget, on {len(p)} held-out pairs; "
+        + ("the ROI helped." if n_better >= 4 else "the ROI did not help here." if n_better <= 2 else "the result is mixed.")
+    )
+    result = {"transition": transition, "n_pairs": int(len(p)), "budget": {k: cfg.get(k) for k in ("epochs", "samples_per_epoch", "batch_size", "crop_size", "max_steps")},
+              "rows": rows, "roi_better": better, "statement": statement}
+    (out / "roi_ablation.json").write_text(json.dumps(result, indent=2, default=_json))
+    md = ["| | MSE | PSNR | SSIM | MSE brain | PSNR brain | SSIM brain | LPIPS | FID (Inception) | domain FID |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, r in rows.items():
+        def opt(d: dict[str, Any] | None) -> str:
+            return "n/a" if not d or d.get("value") is None else f"{d['value']:.3f}"
+
+        md.append(f"| {label} | {r['mse']:.5f} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['mse_brain']:.5f} | {r['psnr_brain']:.2f} | "
+                  f"{r['ssim_brain']:.4f} | {opt(r['lpips'])} | {opt(r['inception_fid'])} | {opt(r['domain_fid'])} |")
+    md.append("")
+    md.append(statement)
+    for name in ("lpips", "inception_fid"):
+        why = with_[name].get("unavailable")
+        if why:
+            md.append(f"\n{name}: unavailable ({why})")
+    (out / "roi_ablation.md").write_text("\n".join(md) + "\n")
+    registry.tracking_uri()
+    mlflow.set_experiment(experiment_id=registry.ensure_experiment(PROGRESSION_EXPERIMENT))
+    with mlflow.start_run(run_name=f"roi-ablation-{transition}"):
+        mlflow.set_tags({"kind": "roi_ablation", "transition": transition})
+        mlflow.log_metrics({f"{'roi' if 'with' in k else 'no_roi'}.{m}": v[m] for k, v in rows.items() for m in ("mse", "psnr", "ssim", "mse_brain", "psnr_brain", "ssim_brain")})
+        mlflow.log_artifact(str(out / "roi_ablation.json"))
+        mlflow.log_artifact(str(out / "roi_ablation.md"))
+    return result

@@ -1,0 +1,156 @@
+"""Progression generator models and pairing rules: shapes, identity preservation, ROI, pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from alzprog.models import build_model
+from alzprog.models.progression_generator import (
+    ConditionalPatchDiscriminator,
+    DCGANDiscriminator,
+    build_discriminator,
+    generator_config,
+    patch_weights,
+    stack_input,
+)
+from alzprog.training.progression import adversarial_loss, find_pairs, masked_l1, random_crops
+
+
+def _batch(n: int = 2, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 1, size, size, generator=g) * 2 - 1
+    m = torch.zeros(n, 1, size, size)
+    m[..., size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+    return x, m
+
+
+@pytest.mark.parametrize("variant,kw", [("dcgan", {}), ("default", {"base_channels": 4, "depth": 3}), ("default", {"base_channels": 8, "depth": 2})])
+def test_generator_shapes_and_range(variant: str, kw: dict) -> None:
+    model = build_model(generator_config(variant, **kw)).eval()
+    x, m = _batch()
+    with torch.no_grad():
+        y = model(x, m)
+    assert y.shape == x.shape
+    assert float(y.min()) >= -1.0 and float(y.max()) <= 1.0
+    # The single-tensor (ONNX) form gives the same output.
+    assert torch.allclose(model(stack_input(x, m)), y)
+    disc = build_discriminator(generator_config(variant, roi=True, disc_channels=8, **kw)).eval()
+    logits = disc(x, y, m)
+    assert logits.dim() == 4 and logits.shape[:2] == (2, 1) and logits.shape[-1] > 1
+
+
+def test_dcgan_ignores_mask_and_is_unconditional() -> None:
+    gen = build_model(generator_config("dcgan")).eval()
+    x, m = _batch()
+    assert torch.equal(gen(x, m), gen(x, torch.zeros_like(m)))
+    disc = DCGANDiscriminator(roi=False).eval()
+    other_source = torch.rand_like(x)
+    assert torch.equal(disc(x, x, m), disc(other_source, x, m))
+
+
+def test_default_generator_starts_as_identity_and_changes_only_the_brain() -> None:
+    gen = build_model(generator_config("default", base_channels=4)).eval()
+    x, m = _batch()
+    assert torch.equal(gen(x, m), x)  # zero-initialised change head
+    with torch.no_grad():
+        torch.nn.init.normal_(gen.head.weight, 0, 0.5)
+        gen.head.bias.fill_(0.3)
+    y = gen(x, m)
+    outside = m == 0
+    assert torch.equal(y[outside], x[outside])
+    assert (y[~outside] - x[~outside]).abs().mean() > 0.01
+
+
+def test_roi_discriminator_does_not_see_the_background() -> None:
+    x, m = _batch()
+    y = x.clone()
+    y2 = y.clone()
+    y2[m == 0] = torch.rand_like(y2[m == 0])  # change only outside the brain
+    roi = ConditionalPatchDiscriminator(8, roi=True).eval()
+    plain = ConditionalPatchDiscriminator(8, roi=False).eval()
+    plain.load_state_dict(roi.state_dict())
+    assert torch.allclose(roi(x, y, m), roi(x, y2, m))
+    assert not torch.allclose(plain(x, y, m), plain(x, y2, m))
+
+
+def test_patch_weights_follow_the_brain() -> None:
+    _, m = _batch(1, 64)
+    logits = torch.zeros(1, 1, 8, 8)
+    w = patch_weights(m, logits)
+    assert w.shape == logits.shape
+    assert float(w.sum()) == pytest.approx(64.0)
+    assert float(w[..., 0, 0]) == 0.0 and float(w[..., 4, 4]) > 1.0
+    # No brain at all: uniform weights instead of a division by zero.
+    assert torch.equal(patch_weights(torch.zeros_like(m), logits), torch.ones_like(logits))
+    # Weighted loss ignores a background patch entirely.
+    bad = logits.clone()
+    bad[..., 0, 0] = -50.0
+    assert adversarial_loss(bad, True, w) == pytest.approx(float(adversarial_loss(logits, True, w)))
+
+
+def test_masked_l1_and_crops() -> None:
+    a = torch.zeros(1, 1, 4, 4)
+    b = torch.ones(1, 1, 4, 4)
+    m = torch.zeros(1, 1, 4, 4)
+    m[..., :2, :] = 1
+    b[..., 2:, :] = 5.0
+    assert float(masked_l1(a, b, m)) == pytest.approx(1.0)
+    x = torch.arange(2 * 16 * 16, dtype=torch.float32).view(2, 1, 16, 16)
+    cx, cy = random_crops([x, x.clone()], 8, np.random.default_rng(0))
+    assert cx.shape == (2, 1, 8, 8) and torch.equal(cx, cy)  # same window for input and target
+
+
+def test_pairs_are_same_subject_same_slice_and_one_side_only(tiny_split: Path) -> None:
+    from alzprog.data.split import load_split
+
+    frames = load_split(tiny_split, sides=("train", "val", "test"))
+    for side, frame in frames.items():
+        for slug in ("nd-vmd", "vmd-md", "md-mod"):
+            pairs = find_pairs(frame, slug)
+            assert len(pairs) == frame["subject"].nunique() * frame.groupby("subject").size().iloc[0]
+            assert set(pairs["subject"]) == set(frame["subject"])
+            # Same subject (folder) and same slice on both sides of every pair.
+            src = pairs["source_path"].map(lambda p: (Path(p).parent.name, Path(p).stem.rsplit("_", 1)[1]))
+            tgt = pairs["target_path"].map(lambda p: (Path(p).parent.name, Path(p).stem.rsplit("_", 1)[1]))
+            assert (src == tgt).all()
+            assert (pairs["subject"] == src.map(lambda t: t[0])).all()
+    train_subjects = set(find_pairs(frames["train"], "nd-vmd")["subject"])
+    assert not train_subjects & set(frames["test"]["subject"])
+
+
+def test_no_longitudinal_data_means_no_pairs(tiny_split: Path, tmp_path: Path) -> None:
+    """A cross-sectional set (no longitudinal/ table) yields no pairs: never different people."""
+    import shutil
+
+    from alzprog.data.split import load_split
+    from alzprog.training.progression import unpaired_sets
+
+    frame = load_split(tiny_split, sides=("train",))["train"]
+    copies = []
+    for p in frame["path"]:
+        dst = tmp_path / "Data" / Path(p).parent.name / Path(p).name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, dst)
+        copies.append(str(dst))
+    cross = frame.assign(path=copies)
+    assert len(find_pairs(cross, "nd-vmd")) == 0
+    src, tgt = unpaired_sets(cross, "nd-vmd")
+    assert set(src["stage_index"]) == {0} and set(tgt["stage_index"]) == {1}
+    assert not set(src["subject"]) & set(tgt["subject"])
+
+
+def test_pairs_csv_is_restricted_to_the_side(tiny_split: Path, tmp_path: Path) -> None:
+    from alzprog.data.split import load_split
+
+    frames = load_split(tiny_split, sides=("train", "test"))
+    all_pairs = pd.concat([find_pairs(f, "vmd-md") for f in frames.values()])
+    csv = tmp_path / "pairs.csv"
+    all_pairs[["source_path", "target_path", "subject", "transition"]].to_csv(csv, index=False)
+    got = find_pairs(frames["train"], "vmd-md", csv)
+    assert set(got["subject"]) == set(frames["train"]["subject"])
+    assert len(find_pairs(frames["train"], "nd-vmd", csv)) == 0
