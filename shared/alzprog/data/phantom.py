@@ -31,11 +31,14 @@ import io
 import json
 import logging
 import math
+import multiprocessing
+import os
 import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +64,7 @@ VENTRICLE_GROWTH_AT_S1 = 1.0  # +100 %: about twice the volume in AD vs controls
 HIPPOCAMPAL_LOSS_AT_S1 = 0.30  # medial temporal / hippocampal grey matter -30 %
 CORTICAL_LOSS_AT_S1 = 0.12  # cortical grey matter thinning -12 %
 GLOBAL_SHRINK_AT_S1 = 0.02
-VENTRICLE_PUSH_DECAY_PX = 14.0  # how far into the tissue the ventricle push reaches  # extra area shrink of the whole brain inside a fixed skull
+VENTRICLE_PUSH_DECAY_PX = 24.0  # how far into the tissue the ventricle push reaches (px)
 BASELINE_VENTRICLE_CV = 0.35  # between-person variation in elderly controls
 
 LONGITUDINAL_COLUMNS = (
@@ -92,6 +95,7 @@ class Template:
     t1_csf: float
     t1_gm: float
     t1_wm: float
+    t1_ventricle: float
 
 
 @lru_cache(maxsize=1)
@@ -138,9 +142,10 @@ def load_template() -> Template:
         if slab[:, :, k].any():
             icv[:, :, k] = convex_hull_image(slab[:, :, k])
     icv = ndi.gaussian_filter(icv, 1.5)
+    t1_ventricle = float(np.median(t1[ndi.binary_erosion(ventricles, iterations=1)]))
     return Template(
         t1=t1, gm=gm, wm=wm, mask=mask_b.astype(np.float32), ventricles=ventricles.astype(np.float32),
-        icv=icv, origin_vox=origin, t1_csf=t1_csf, t1_gm=t1_gm, t1_wm=t1_wm,
+        icv=icv, origin_vox=origin, t1_csf=t1_csf, t1_gm=t1_gm, t1_wm=t1_wm, t1_ventricle=t1_ventricle,
     )
 
 
@@ -229,7 +234,7 @@ def draw_subjects(n_subjects: int, seed: int, mix: str) -> list[SubjectParams]:
                 shift_rc=(float(r.normal(0, 3.0)), float(r.normal(0, 6.0))),
                 slice_offset_mm=round(float(np.clip(r.normal(0, 2.0), -5, 5)), 3),
                 tilt=(float(r.normal(0, 0.03)), float(r.normal(0, 0.03))),
-                baseline_ventricle_scale=round(float(r.lognormal(-sigma**2 / 2, sigma)), 4),
+                baseline_ventricle_scale=round(float(np.clip(r.lognormal(-sigma**2 / 2, sigma), 0.4, 2.2)), 4),
                 seed=int(r.integers(2**31)),
             )
         )
@@ -343,11 +348,17 @@ def _bbox(m: np.ndarray, margin: int, shape: tuple[int, ...]) -> tuple[slice, sl
 
 
 def _inverse_push(d: np.ndarray, e: float, lam: float) -> np.ndarray:
-    """Solve ``d_src + e * exp(-d_src / lam) = d`` for pixels outside the new wall (Newton).
+    """Source distance of every pixel under the ventricle push with wall displacement ``e``.
 
-    Inside the new wall (``d < e``) the ventricle interior is simply shifted: ``d_src = d - e``.
+    Outside the new wall (``d >= e``) solve ``d_src + e * exp(-d_src / lam) = d`` (Newton).
+    Inside it, an expanding ventricle keeps its old interior in place and fills the new band
+    with CSF from just inside the old wall (moving deeper would cross a thin ventricle and
+    come out on the other side); a shrinking one slides its interior outwards.
     """
-    out = d - e
+    if e >= 0:
+        out = np.where(d < 0, d, np.float32(-0.5)).astype(np.float32)
+    else:
+        out = (d - e).astype(np.float32)
     outside = d >= e
     x = np.maximum(d[outside] - e, 0.0)
     for _ in range(8):
@@ -393,16 +404,19 @@ class _SliceRenderer:
         self.tpl, self.p, self.a = tpl, p, anat
         shape = anat.t1.shape
         self.rc = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
-        # Ventricle warp: signed distance D to the ventricle wall (px, > 0 outside) and the
-        # direction of its (smoothed) gradient. Content at distance d moves to
-        # d + e * exp(-d / lambda): the wall moves by e, the push fades into the tissue and the
-        # map stays one-to-one for |e| < lambda.
+        # Ventricle warp: signed distance D to the ventricle wall (px, > 0 outside). Content at
+        # distance d moves to d + e * exp(-d / lambda) along the ray from its nearest ventricle
+        # pixel: the wall moves by e, the push fades into the tissue, and the map stays
+        # one-to-one for |e| < lambda. Rays from the nearest wall pixel (not gradient lines)
+        # keep a large push from missing a thin, curved ventricle.
         vent_b = anat.vent > 0.5
         self.has_vent = int(vent_b.sum()) >= 20
         if self.has_vent:
-            dist = (ndi.distance_transform_edt(~vent_b) - ndi.distance_transform_edt(vent_b)).astype(np.float32)
+            d_out, nearest = ndi.distance_transform_edt(~vent_b, return_indices=True)
+            dist = (d_out - ndi.distance_transform_edt(vent_b)).astype(np.float32)
             dist += np.where(vent_b, 0.5, -0.5).astype(np.float32)  # wall halfway between pixel centres
             self.vdist = dist
+            self.vnear = nearest.astype(np.float32)
             g = np.stack(np.gradient(ndi.gaussian_filter(dist, 1.5))).astype(np.float32)
             self.vdir = g / np.maximum(np.sqrt((g**2).sum(axis=0)), 1e-3)
             self.vregion = _bbox(dist < VENTRICLE_PUSH_DECAY_PX, margin=2, shape=shape)
@@ -452,7 +466,14 @@ class _SliceRenderer:
         if self.has_vent and e != 0.0:
             d = self.vdist[region]
             d_src = _inverse_push(d, e, VENTRICLE_PUSH_DECAY_PX)
-            coords = coords - (d - d_src)[None] * self.vdir[:, region[0], region[1]]
+            rc = self.rc[:, region[0], region[1]]
+            near = self.vnear[:, region[0], region[1]]
+            # Outside the old wall: slide along the ray from the nearest ventricle pixel.
+            ray = near + (rc - near) * ((d_src + 0.5) / np.maximum(d + 0.5, 1e-3))[None]
+            # Inside it (only moves when shrinking): step outwards along the smoothed gradient.
+            grad = rc + (d_src - d)[None] * self.vdir[:, region[0], region[1]]
+            moved = np.where((d >= 0)[None], ray, grad)
+            coords = coords + (moved - rc) * k
         return coords
 
     def _ventricle_push(self, target_factor: float, shrink: float) -> float:
@@ -511,6 +532,9 @@ class _SliceRenderer:
         gm_after = gm - dgm
 
         # T1 intensity: the template's own contrast, CSF outside the (shrunk) brain, eroded GM -> CSF.
+        # The ventricles' new band is filled with ventricular CSF (the push copies the wall's
+        # partial-volume edge outwards otherwise).
+        t1 = t1 + np.clip(vent, 0, 1) * (tpl.t1_ventricle - t1)
         t1_eff = t1 + dgm * (tpl.t1_csf - tpl.t1_gm)
         t1_eff = np.where(icv, t1_eff, 0.0)
         image = self._compose(t1_eff, noise_rng)
@@ -646,6 +670,7 @@ def synthesize(
     mix: str = "oasis",
     slices_per_subject: int = 8,
     *,
+    workers: int | None = None,
     progress: bool = True,
 ) -> SynthSummary:
     """Write a synthetic OASIS phantom into ``out_dir`` and measure it.
@@ -653,7 +678,9 @@ def synthesize(
     Layout: ``Data/<Stage>/OAS1_<id>_MR1_mpr-1_<slice>.jpg`` (each subject at its own stage),
     ``longitudinal/<subject>/<k>_<Stage>_<slice>.jpg`` (every subject at all four stages),
     ``longitudinal/longitudinal.csv``, ``subjects.csv`` and ``phantom_summary.json``.
-    The bytes depend only on the arguments (same seed, same files). An existing
+    The bytes depend only on the arguments (same seed, same files), whatever ``workers``
+    is: every subject draws from its own seed. ``workers`` processes (default: 1 for small
+    phantoms, else up to 2) share the template loaded here through ``fork``. An existing
     ``out_dir`` is replaced only if it is a phantom (holds ``longitudinal/longitudinal.csv``).
     """
     from tqdm import tqdm
@@ -668,9 +695,22 @@ def synthesize(
     subjects = draw_subjects(n_subjects, seed, mix)
     slices = default_slices(slices_per_subject)
     load_template()
+    if workers is None:
+        workers = 1 if n_subjects * len(slices) < 100 else min(2, os.cpu_count() or 1)
     rows: list[dict] = []
-    for p in tqdm(subjects, desc="phantom subjects", unit="subject", disable=not progress):
-        rows.extend(_synthesize_subject(p, slices, out_dir))
+    bar = tqdm(total=n_subjects, desc="phantom subjects", unit="subject", disable=not progress)
+    job = partial(_synthesize_subject, slices=slices, out_dir=out_dir)
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("fork")  # children inherit the loaded template
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            for subject_rows in pool.map(job, subjects):  # in subject order: deterministic CSV
+                rows.extend(subject_rows)
+                bar.update(1)
+    else:
+        for p in subjects:
+            rows.extend(job(p))
+            bar.update(1)
+    bar.close()
 
     with open(out_dir / "longitudinal" / "longitudinal.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LONGITUDINAL_COLUMNS, lineterminator="\n")
@@ -845,7 +885,7 @@ def format_figures(f: dict) -> list[str]:
     out = []
     for label in ("ventricle", "hippocampus", "cortex_gm", "brain"):
         g = f.get(label)
-        if not g:
+        if not g or g.get("effect_at_s1_mean") is None:  # e.g. no hippocampus in the chosen slices
             continue
         ratios = ", ".join(f"{v:.3f}" for v in g["mean_ratio_to_stage0"])
         out.append(
