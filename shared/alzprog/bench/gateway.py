@@ -1,0 +1,159 @@
+"""Comparison 3: the gateway -- ``/predict`` cache miss vs hit, ``/progression`` vs the original pipeline.
+
+Misses are real misses: every request uploads a different image (the sample slice with a few
+brain pixels changed, so its canonical SHA-256 differs) and the answer must say
+``"cached": false``. Hits repeat one upload already answered and must say ``"cached": true``.
+The cache is the real Redis (DB 11 by default) under a key prefix unique to the run; the
+bench deletes its own keys afterwards and never flushes a database.
+
+``/progression`` (classify, then the three generator steps, through the gateway, every upload
+new) is compared with :class:`~alzprog.bench.original_pipeline.OriginalPipeline` run in this
+process on the same uploads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from typing import Any
+
+import numpy as np
+
+from alzprog.bench.harness import Measurement, measurement, time_callable
+from alzprog.bench.loadgen import RequestSpec, run_load
+from alzprog.bench.stack import BenchStack
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/11"
+
+
+def redis_url() -> str:
+    """Redis of the benchmark: ``$ALZPROG_BENCH_REDIS_URL``, else DB 11 of the local server."""
+    return os.environ.get("ALZPROG_BENCH_REDIS_URL", DEFAULT_REDIS_URL)
+
+
+def unique_uploads(upload: bytes, n: int, seed: int = 0) -> list[bytes]:
+    """``n`` PNG uploads of the same slice, each with a distinct small change inside the head."""
+    from alzprog.bench.original_pipeline import png_bytes
+    from alzprog.decode import decode_slice
+
+    gray = decode_slice(upload)
+    h, w = gray.shape
+    out = []
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        g = gray.copy()
+        # A short run of pixels near the centre, its values encoding i: enough to change the
+        # canonical image (and its SHA-256), far too little to change what the models see.
+        cy, cx = h // 2, w // 2
+        vals = rng.integers(0, 256, size=8, dtype=np.uint8)
+        vals[0] = i % 256
+        vals[1] = (i // 256) % 256
+        g[cy, cx : cx + 8] = vals
+        out.append(png_bytes(g))
+    return out
+
+
+def upload_request(path: str, data: bytes, form: dict[str, str] | None = None) -> RequestSpec:
+    return RequestSpec("POST", path, {"files": {"file": ("slice.png", data, "image/png")}, "data": form or {}})
+
+
+def _cached_is(expected: bool, steps: int | None = None):  # noqa: ANN202
+    def check(resp: Any) -> bool:
+        body = resp.json()
+        if body.get("cached") is not expected:
+            return False
+        return steps is None or len(body.get("steps", [])) == steps
+
+    return check
+
+
+def delete_prefix(url: str, prefix: str) -> int:
+    """Delete the keys of this run (``prefix*``) with SCAN + DEL; returns how many."""
+    import redis
+
+    r = redis.Redis.from_url(url, socket_timeout=2)
+    n = 0
+    try:
+        batch = []
+        for key in r.scan_iter(match=f"{prefix}*", count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                n += r.delete(*batch)
+                batch = []
+        if batch:
+            n += r.delete(*batch)
+    finally:
+        r.close()
+    return n
+
+
+def run(stack: BenchStack, *, quick: bool = False, repeats: int = 30) -> tuple[list[Measurement], dict[str, float]]:
+    """Comparison 3. Returns rows and ``{"cache_hit_vs_miss_p50", "progression_vs_eager_p50"}``.
+
+    Starts the classifier, generator and gateway services if they are not running yet.
+    """
+    import redis
+
+    from alzprog.bench.original_pipeline import OriginalPipeline
+    from alzprog.bench.services import sample_upload
+
+    url = redis_url()
+    redis.Redis.from_url(url, socket_timeout=2).ping()  # fail fast with a clear error when Redis is down
+    prefix = f"alzprog-bench-{uuid.uuid4().hex[:8]}"
+    if "classifier" not in stack.procs:
+        stack.start_classifier()
+    if "generator" not in stack.procs:
+        stack.start_generator()
+    if "gateway" not in stack.procs:
+        stack.start_gateway(url, prefix)
+    gw = stack.procs["gateway"].url
+
+    n_miss = 4 if quick else max(10, repeats)
+    n_hit = 6 if quick else max(20, 2 * repeats)
+    n_prog = 2 if quick else max(6, repeats // 3)
+    warm = 1 if quick else 3
+    upload = sample_upload()
+    uploads = unique_uploads(upload, warm + n_miss + warm + n_prog + 2)
+    miss_pool = uploads[: warm + n_miss]
+    prog_pool = uploads[warm + n_miss :]
+    rows: list[Measurement] = []
+    try:
+        # /predict miss: request i (warm-up ones negative) gets its own upload.
+        stats = run_load(gw, lambda i: upload_request("/predict", miss_pool[i + warm if i >= 0 else -i - 1]),
+                         concurrency=1, n_requests=n_miss, warmup=warm, check=_cached_is(False))
+        rows.append(measurement("gateway", "/predict c1", "cache miss", stats, unit="request", baseline="cache miss"))
+        # /predict hit: the first (warm-up) request fills the cache, the timed ones must hit.
+        hot = uploads[-1]
+        stats = run_load(gw, lambda i: upload_request("/predict", hot), concurrency=1, n_requests=n_hit, warmup=warm,
+                         check=_cached_is(True))
+        rows.append(measurement("gateway", "/predict c1", "cache hit", stats, unit="request", baseline="cache miss",
+                                note="Redis hit: decode + canonicalise + GET"))
+        # /progression through the gateway, every upload new (classify then three steps).
+        stats = run_load(gw, lambda i: upload_request("/progression", prog_pool[i + warm if i >= 0 else -i - 1]),
+                         concurrency=1, n_requests=n_prog, warmup=warm, check=_cached_is(False, steps=3))
+        rows.append(measurement("gateway", "/progression c1", "alzprog gateway", stats, unit="request",
+                                baseline="original eager pipeline", note="classify + 3 generator steps, cache miss"))
+    finally:
+        deleted = delete_prefix(url, prefix)
+        log.info("deleted %d bench keys under %s", deleted, prefix)
+
+    # The original-style pipeline, same uploads, in this process.
+    pipeline = OriginalPipeline(tiny=quick)
+    k = iter(range(10**6))
+    stats = time_callable(lambda: pipeline(prog_pool[next(k) % len(prog_pool)]), warmup=warm, repeats=n_prog)
+    rows.append(measurement("gateway", "/progression c1", "original eager pipeline", stats, unit="request",
+                            baseline="original eager pipeline",
+                            note="in process: eager B4 + 3 eager DCGAN generators, PNG out; weights kept in memory"))
+    for r in rows:
+        log.info("gateway %s %s: p50 %.1f ms, %d errors", r.case, r.variant, r.p50_ms, r.errors)
+
+    by = {(r.case, r.variant): r for r in rows}
+    targets = {
+        "cache_hit_vs_miss_p50": by[("/predict c1", "cache hit")].p50_ms / by[("/predict c1", "cache miss")].p50_ms,
+        "progression_vs_eager_p50": (by[("/progression c1", "alzprog gateway")].p50_ms
+                                     / by[("/progression c1", "original eager pipeline")].p50_ms),
+    }
+    return rows, targets
