@@ -10,8 +10,10 @@ found by an Otsu threshold; the skull/scalp band at the head border is cut off; 
 brain intensity is split by the dark skull gap and CSF from the bright scalp fat; the brain
 is the tissue component nearest the head centre grown by its close neighbours (temporal
 lobes, brainstem), smoothed and hole-filled. It is tuned on the real OASIS-1 slices in
-``shared/oasis-samples`` (see docs/img/brain_mask_real.png) and works at a fixed working
-resolution so its cost does not depend on the input size.
+``shared/oasis-samples`` (docs/img/brain_mask_real.png) and checked against the phantom's
+true intracranial masks (docs/img/brain_mask_phantom.png: Dice median 0.97, min 0.87 over
+32 slices). It works on the head's box resampled to a fixed resolution, so its cost
+(~10 ms CPU for a 496x248 slice) does not depend on the upload size.
 """
 
 from __future__ import annotations
@@ -32,7 +34,13 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # Masks are computed on a copy whose longest side is this many pixels: morphology cost is
 # then constant (~ a few ms) whatever the upload size, and the parameters below are tuned
 # in these units.
-_WORK_SIDE = 192
+_WORK_SIDE = 160
+_BBOX_SIDE = 112
+# Brain masks are computed on the head's box resampled so that its short side has at most
+# _WORK_SHORT pixels (and its long side at most _WORK_LONG); the parameters of
+# _brain_mask_box are tuned in these units.
+_WORK_SHORT = 112
+_WORK_LONG = 256
 # Margin around the head's bounding box, as a fraction of the box's longer side.
 _CROP_MARGIN = 0.04
 
@@ -45,6 +53,37 @@ def _disk(radius: int) -> np.ndarray:
     r = max(int(radius), 1)
     y, x = np.ogrid[-r : r + 1, -r : r + 1]
     return x * x + y * y <= r * r
+
+
+def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary erosion by a disk; outside the image counts as background.
+
+    Large disks go through a distance transform (cost independent of the radius): a pixel
+    survives iff its distance to the nearest background pixel exceeds the radius, which is
+    exactly erosion by the disk {x^2 + y^2 <= r^2}.
+    """
+    if radius < 3:
+        return ndi.binary_erosion(mask, _disk(radius), border_value=0)
+    return ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] > radius
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation by a disk (distance transform for large disks, see :func:`_erode`)."""
+    if radius < 3:
+        return ndi.binary_dilation(mask, _disk(radius))
+    if not mask.any():
+        return mask.copy()
+    return ndi.distance_transform_edt(~mask) <= radius
+
+
+def _close(mask: np.ndarray, radius: int) -> np.ndarray:
+    # Pad so that shapes touching the border close as if the image went on.
+    p = radius + 1
+    return _erode(_dilate(np.pad(mask, p), radius), radius)[p:-p, p:-p]
+
+
+def _open(mask: np.ndarray, radius: int) -> np.ndarray:
+    return _dilate(_erode(mask, radius), radius)
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -128,10 +167,10 @@ def _to_uint8_gray(gray: np.ndarray) -> np.ndarray:
     return a
 
 
-def _work_copy(gray: np.ndarray) -> tuple[np.ndarray, float]:
-    """A smoothed float copy whose longer side is at most _WORK_SIDE, and its scale."""
+def _work_copy(gray: np.ndarray, side: int = _WORK_SIDE) -> tuple[np.ndarray, float]:
+    """A smoothed float copy whose longer side is at most ``side``, and its scale."""
     h, w = gray.shape
-    scale = min(1.0, _WORK_SIDE / max(h, w))
+    scale = min(1.0, side / max(h, w))
     small = _resize(gray, (max(1, round(h * scale)), max(1, round(w * scale))))
     return ndi.gaussian_filter(small.astype(np.float32), 0.7), scale
 
@@ -140,9 +179,9 @@ def _head_mask_work(g: np.ndarray) -> np.ndarray:
     """Head foreground (tissue + skull + scalp) at working resolution."""
     t = _otsu(g)
     head = g > max(0.5 * t, 8.0)
-    head = ndi.binary_closing(head, _disk(2), border_value=0)
+    head = _close(head, 2)
     head = ndi.binary_fill_holes(head)
-    head = ndi.binary_opening(head, _disk(1))
+    head = _open(head, 1)
     return _largest_component(head)
 
 
@@ -157,6 +196,18 @@ def _brain_mask_work(g: np.ndarray, head: np.ndarray) -> np.ndarray:
     area = int(head.sum())
     if area < 64:
         return np.zeros_like(head)
+    # Work inside the head's bounding box only (background costs time, adds nothing); the
+    # brain lies inside the head, so the result is the same as on the full frame.
+    rows = np.flatnonzero(head.any(axis=1))
+    cols = np.flatnonzero(head.any(axis=0))
+    box = (slice(max(rows[0] - 1, 0), rows[-1] + 2), slice(max(cols[0] - 1, 0), cols[-1] + 2))
+    out = np.zeros_like(head)
+    out[box] = _brain_mask_box(g[box], head[box])
+    return out
+
+
+def _brain_mask_box(g: np.ndarray, head: np.ndarray) -> np.ndarray:
+    area = int(head.sum())
     radius = np.sqrt(area / np.pi)  # radius of a disc of the head's area
     dist = ndi.distance_transform_edt(np.pad(head, 1))[1:-1, 1:-1]
     # The skull and scalp form a band along the head border: never brain.
@@ -166,38 +217,46 @@ def _brain_mask_work(g: np.ndarray, head: np.ndarray) -> np.ndarray:
     tissue = head & ~rim & (g > 0.65 * lo) & (g < 1.3 * hi)
     r = max(1, int(round(0.03 * radius)))
     # Erode so that thin tissue bridges across the skull gap (to scalp, muscles) break.
-    core = ndi.binary_erosion(tissue, _disk(r))
+    core = _erode(tissue, r)
     labels, n = ndi.label(core)
     if n == 0:
         return np.zeros_like(head)
-    sizes = np.bincount(labels.ravel()).astype(np.float64)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
     sizes[0] = 0
+    # Brain tissue forms smooth compact lobes; facial tissue (muscle, glands, sinuses
+    # mucosa) forms ragged patches. The part of each component that survives an opening
+    # measures that: count it instead of the raw size.
+    opened = _open(core, 2 * r)
+    solid = np.bincount(labels[opened], minlength=n + 1).astype(np.float64)
+    solid[0] = 0
     cy, cx = ndi.center_of_mass(head)
     centres = ndi.center_of_mass(core, labels, range(1, n + 1))
-    # Prefer large components near the head centre (the brain, not a piece of face).
-    score = sizes.copy()
+    # Prefer large solid components near the head centre (the brain, not a piece of face).
+    score = np.zeros(n + 1)
     for i, (y, x) in enumerate(centres, start=1):
         d = np.hypot((y - cy) / head.shape[0], (x - cx) / head.shape[1])
-        score[i] = sizes[i] / (1.0 + 4.0 * d)
+        score[i] = solid[i] / (1.0 + 4.0 * d)
     best = int(np.argmax(score))
     brain = labels == best
-    # Grow by sizeable components lying close to the accepted region: the temporal lobes
-    # and the brainstem are cut off from the cerebrum / cerebellum by thin CSF spaces.
+    # Grow by sizeable solid components lying close to the accepted region: the temporal
+    # lobes and the brainstem are cut off from the cerebrum / cerebellum by thin CSF spaces.
     min_size = 0.02 * sizes[best]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        solidity = np.nan_to_num(solid / sizes)
     taken = np.zeros(n + 1, dtype=bool)
     taken[0] = taken[best] = True
     while True:
-        near = np.unique(labels[ndi.binary_dilation(brain, _disk(3 * r))])
-        new = [int(i) for i in near if not taken[i] and sizes[i] >= min_size]
+        near = np.unique(labels[_dilate(brain, 3 * r)])
+        new = [int(i) for i in near if not taken[i] and sizes[i] >= min_size and solidity[i] >= 0.5]
         if not new:
             break
         for i in new:
             taken[i] = True
             brain |= labels == i
-    brain = ndi.binary_dilation(brain, _disk(r)) & tissue
-    brain = ndi.binary_closing(brain, _disk(2 * r))
+    brain = _dilate(brain, r) & tissue
+    brain = _close(brain, 2 * r)
     brain = ndi.binary_fill_holes(brain)
-    brain = ndi.binary_opening(brain, _disk(r))
+    brain = _open(brain, 2 * r)
     return _largest_component(brain) & head & ~rim
 
 
@@ -209,9 +268,21 @@ def brain_mask(gray: np.ndarray) -> np.ndarray:
     gives an all-False mask.
     """
     g8 = _to_uint8_gray(gray)
-    g, _ = _work_copy(g8)
+    H, W = g8.shape
+    # Work on the head's box at a resolution set by the head's *short* side: the skull gap
+    # that separates brain from scalp is only a few pixels wide across that axis (the
+    # Kaggle OASIS slices are squashed 2:1), so it must keep enough pixels, whatever the
+    # size of the upload or of the background around the head.
+    top, bottom, left, right = head_bbox(g8)
+    crop = g8[top:bottom, left:right]
+    h, w = crop.shape
+    scale = min(1.0, _WORK_SHORT / min(h, w), _WORK_LONG / max(h, w))
+    small = _resize(crop, (max(1, round(h * scale)), max(1, round(w * scale))))
+    g = ndi.gaussian_filter(small.astype(np.float32), 0.7)
     head = _head_mask_work(g)
-    return _resize_mask(_brain_mask_work(g, head), g8.shape)
+    out = np.zeros((H, W), dtype=bool)
+    out[top:bottom, left:right] = _resize_mask(_brain_mask_work(g, head), (h, w))
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,7 +318,8 @@ def head_bbox(gray: np.ndarray) -> tuple[int, int, int, int]:
     The whole image when no head is found.
     """
     g8 = _to_uint8_gray(gray)
-    g, scale = _work_copy(g8)
+    # A coarse copy is enough for a bounding box: the margin covers its rounding.
+    g, scale = _work_copy(g8, _BBOX_SIDE)
     head = _head_mask_work(g)
     H, W = g8.shape
     if head.sum() < 16:
@@ -364,13 +436,28 @@ def mark_synthetic(image: np.ndarray) -> np.ndarray:
     # Pick the font size that makes the word about 60 % of the image width.
     font_size = max(8, int(w * 0.6 / 6.0))
     font = ImageFont.load_default(size=font_size)
+    stroke = max(1, font_size // 14)  # thicker strokes: readable when shrunk in a browser
     draw = ImageDraw.Draw(pil)
-    l, t_, r, b = draw.textbbox((0, 0), text, font=font)
+    l, t_, r, b = draw.textbbox((0, 0), text, font=font, stroke_width=stroke)
     tw, th = r - l, b - t_
     pad = max(2, font_size // 6)
     x = (w - tw) // 2
     y = pad
     draw.rectangle([x - pad, y - pad, x + tw + pad, y + th + pad], fill=(0, 0, 0))
-    draw.text((x - l, y - t_), text, font=font, fill=(255, 210, 0))
+    draw.text((x - l, y - t_), text, font=font, fill=(255, 210, 0), stroke_width=stroke, stroke_fill=(255, 210, 0))
     return np.asarray(pil, dtype=np.uint8).copy()
 
+
+
+def overlay_mask(gray: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 60, 60)) -> np.ndarray:
+    """RGB uint8 picture of ``gray`` with ``mask`` tinted and its outline drawn (for figures)."""
+    g8 = _to_uint8_gray(gray)
+    m = np.asarray(mask, dtype=bool)
+    if m.shape != g8.shape:
+        raise ValueError(f"mask shape {m.shape} differs from image shape {g8.shape}")
+    rgb = np.stack([g8] * 3, axis=-1).astype(np.float32)
+    tint = np.asarray(color, dtype=np.float32)
+    rgb[m] = rgb[m] * 0.65 + tint * 0.35
+    outline = m & ~ndi.binary_erosion(m)
+    rgb[outline] = tint
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
