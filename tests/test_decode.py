@@ -102,7 +102,31 @@ def test_exif_rotated_jpeg_is_turned_upright():
     assert out[:16, -16:].mean() > 200 and out[-16:, :16].mean() < 30
 
 
-def test_mpo_like_multiframe_png_is_refused():
+def test_mpo_jpeg_yields_primary_picture():
+    import io
+
+    from PIL import Image
+
+    first, second = fx.head_phantom(), 255 - fx.head_phantom()
+    buf = io.BytesIO()
+    Image.fromarray(first).save(buf, "MPO", save_all=True, append_images=[Image.fromarray(second)], quality=95)
+    out = decode_slice(buf.getvalue())
+    assert np.abs(out.astype(int) - first).mean() < 4
+    assert np.abs(out.astype(int) - second).mean() > 50
+
+
+def test_palette_and_la_pngs():
+    from PIL import Image
+
+    arr = fx.head_phantom()
+    pal = Image.fromarray(arr).convert("P")
+    out = decode_slice(fx.pil_bytes(pal, "PNG"))
+    assert np.abs(out.astype(int) - arr).mean() < 3
+    la = Image.merge("LA", [Image.fromarray(arr), Image.fromarray(np.full_like(arr, 255))])
+    np.testing.assert_array_equal(decode_slice(fx.pil_bytes(la, "PNG")), arr)
+
+
+def test_animated_png_is_refused():
     frames = [fx.head_phantom(seed=i) for i in range(3)]
     expect_error(fx.apng_bytes(frames), "multi_frame")
 
@@ -178,6 +202,37 @@ def test_dicom_multiframe_central_frame():
     out = decode_slice(fx.dicom_bytes(frames, window=(300, 20)))
     # window 290..310: frame 2 (300) -> mid-gray; frames 1 (200) or 3 (400) would be 0 / 255
     assert out[30, 30] == 128 and out[5, 5] == 0
+
+
+def test_rle_compressed_dicom_equals_plain():
+    import io
+
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    raw = fx.head_phantom().astype(np.uint16) * 10
+    ds = pydicom.dcmread(io.BytesIO(fx.dicom_bytes(raw)))
+    ds.compress(RLELossless)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    np.testing.assert_array_equal(decode_slice(buf.getvalue()), decode_slice(fx.dicom_bytes(raw)))
+
+
+def test_dicom_with_unsupported_compression_refused():
+    import io
+
+    import pydicom
+    from pydicom.uid import JPEG2000Lossless
+
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(io.BytesIO(fx.dicom_bytes(fx.head_phantom().astype(np.uint16))))
+    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 64])  # a J2K codestream start
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=False)
+    err = expect_error(buf.getvalue(), "unsupported_dicom_compression")
+    assert err.status == 415
 
 
 def test_deflated_dicom_equals_plain():

@@ -64,6 +64,20 @@ WINDOW_PERCENTILES = (0.5, 99.5)
 _NIFTI_DTYPES = {2: 8, 4: 16, 8: 32, 16: 32, 64: 64, 256: 8, 512: 16, 768: 32, 1024: 64, 1280: 64}
 
 _DEFLATED_TS = "1.2.840.10008.1.2.1.99"
+# DICOM transfer syntaxes whose pixel data we decode: native (implicit/explicit VR little
+# endian, explicit big endian, deflated), RLE Lossless (pydicom's own numpy decoder) and
+# JPEG Baseline/Extended (Pillow's JPEG plugin). JPEG 2000, JPEG-LS, JPEG Lossless, HTJ2K,
+# MPEG/HEVC video are refused: either no decoder is installed or it would expose one more
+# native parser (OpenJPEG, ...) to uploads for no benefit to MRI slices.
+_DICOM_TRANSFER_SYNTAXES = {
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.2",
+    _DEFLATED_TS,
+    "1.2.840.10008.1.2.5",
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+}
 
 
 class ImageDecodeError(ValueError):
@@ -71,8 +85,8 @@ class ImageDecodeError(ValueError):
 
     ``code`` is a short machine string (``empty_file``, ``unsupported_format``,
     ``corrupt_image``, ``too_many_pixels``, ``decompression_bomb``, ``too_small``,
-    ``bad_aspect_ratio``, ``multi_frame``, ``bad_dicom``, ``bad_nifti``, ``bad_slice_index``,
-    ``file_too_large``); ``status`` is the HTTP status a service should answer with;
+    ``bad_aspect_ratio``, ``multi_frame``, ``bad_dicom``, ``unsupported_dicom_compression``,
+    ``bad_nifti``, ``bad_slice_index``, ``file_too_large``, ``unreadable_file``); ``status`` is the HTTP status a service should answer with;
     ``message`` is safe to show to the user (it never quotes a header value).
     """
 
@@ -393,6 +407,13 @@ def _decode_dicom(data: bytes) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001
         raise ImageDecodeError("bad_dicom", f"the DICOM header could not be read ({type(exc).__name__})") from None
 
+    ts = str(getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", "") or "")
+    if ts and ts not in _DICOM_TRANSFER_SYNTAXES:
+        raise ImageDecodeError(
+            "unsupported_dicom_compression",
+            "this DICOM pixel compression is not supported; send uncompressed, RLE or baseline JPEG DICOM",
+            415,
+        )
     try:
         rows = _ds_int(header, "Rows")
         cols = _ds_int(header, "Columns")
