@@ -160,9 +160,11 @@ def test_read_slice_real_oasis_file(oasis_sample_files):
     assert out.dtype == np.uint8 and out.shape == (248, 496)
 
 
-def test_read_slice_missing_file(tmp_path):
-    with pytest.raises(ImageDecodeError):
-        read_slice(tmp_path / "nope.png")
+def test_read_slice_missing_file_or_directory(tmp_path):
+    for path in (tmp_path / "nope.png", tmp_path):
+        with pytest.raises(ImageDecodeError) as info:
+            read_slice(path)
+        assert info.value.code == "unreadable_file"
 
 
 # ---------------------------------------------------------------------------------------
@@ -347,6 +349,16 @@ def test_nifti_4d_takes_first_volume():
     vol = _marked_volume()
     four = np.stack([vol, np.zeros_like(vol)], axis=-1)
     np.testing.assert_array_equal(decode_slice(fx.nifti_bytes(four)), decode_slice(fx.nifti_bytes(vol)))
+
+
+def test_nifti2_and_pair_headers_refused():
+    import nibabel as nib
+
+    nifti2 = nib.Nifti2Image(_marked_volume(), np.eye(4)).to_bytes()
+    expect_error(nifti2, "unsupported_format")
+    pair = bytearray(fx.nifti_bytes(_marked_volume()))
+    pair[344:348] = b"ni1\x00"  # header of a .hdr/.img pair: the pixels are elsewhere
+    expect_error(bytes(pair), "bad_nifti")
 
 
 def test_nifti_header_claiming_huge_dims():

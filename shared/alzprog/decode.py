@@ -189,12 +189,14 @@ def read_slice(path: str | Path, *, nifti_slice: int | None = None) -> np.ndarra
     """Read a file and decode it with :func:`decode_slice`."""
     p = Path(path)
     try:
-        size = p.stat().st_size
+        if p.stat().st_size > MAX_INPUT_BYTES:
+            raise ImageDecodeError(
+                "file_too_large", f"the file is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB"
+            )
+        data = p.read_bytes()
     except OSError as exc:
         raise ImageDecodeError("unreadable_file", f"cannot read {p.name}: {exc.strerror}", 400) from None
-    if size > MAX_INPUT_BYTES:
-        raise ImageDecodeError("file_too_large", f"the file is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
-    return decode_slice(p.read_bytes(), nifti_slice=nifti_slice)
+    return decode_slice(data, nifti_slice=nifti_slice)
 
 
 def encode_png(image: np.ndarray) -> bytes:
