@@ -55,6 +55,7 @@ SLICE_AT_Z0 = 130
 # Default slices span the hippocampi (z about -20) to the bodies of the lateral ventricles.
 DEFAULT_SLICE_RANGE = (108, 152)
 PX_PER_MM = 1.5  # the real slices show a ~140 mm wide brain over ~205 rows
+COLUMN_STRETCH = 1.07  # and a head slightly stretched along the columns
 OASIS_STAGE_COUNTS = (266, 58, 21, 2)  # OASIS-1 subjects per stage (Kaggle slice set)
 MIN_PER_STAGE = 2
 MIXES = ("oasis", "balanced")
@@ -90,7 +91,8 @@ class Template:
     wm: np.ndarray
     mask: np.ndarray
     ventricles: np.ndarray
-    icv: np.ndarray  # intracranial outline per axial plane (the inside of the skull)
+    icv: np.ndarray  # intracranial space per axial plane: the brain closed and slightly dilated
+    skull: np.ndarray  # the inside of the head outline: convex hull of the brain in a +-6 mm slab
     origin_vox: tuple[float, float, float]  # voxel index of MNI (0, 0, 0)
     t1_csf: float
     t1_gm: float
@@ -134,19 +136,31 @@ def load_template() -> Template:
     keep = np.isin(lab, 1 + np.flatnonzero(sizes > 500))
     ventricles = ndi.binary_dilation(keep, iterations=4, mask=dark & (dist > 6))
 
-    # Intracranial outline per plane: convex hull of the brain in a +-6 mm slab, so the skull
-    # is smooth and encloses the posterior fossa like a real head.
+    # Per plane: the intracranial space (brain closed over sulci and gaps, +2 mm) and the
+    # head outline (convex hull of the brain in a +-6 mm slab, so the skull is smooth and
+    # encloses the posterior fossa like a real head). Between them: skull-base bone.
     icv = np.zeros(t1.shape, dtype=np.float32)
+    skull = np.zeros(t1.shape, dtype=np.float32)
     slab = ndi.maximum_filter1d(mask_b.astype(np.uint8), size=13, axis=2) > 0
+    disk = _disk(6)
     for k in range(t1.shape[2]):
         if slab[:, :, k].any():
-            icv[:, :, k] = convex_hull_image(slab[:, :, k])
-    icv = ndi.gaussian_filter(icv, 1.5)
+            skull[:, :, k] = convex_hull_image(slab[:, :, k])
+        if mask_b[:, :, k].any():
+            closed = ndi.binary_closing(np.pad(mask_b[:, :, k], 8), structure=disk)[8:-8, 8:-8]
+            icv[:, :, k] = ndi.binary_dilation(ndi.binary_fill_holes(closed), structure=_disk(2))
+    icv = ndi.gaussian_filter(np.minimum(icv, skull), 1.0)
+    skull = ndi.gaussian_filter(skull, 1.5)
     t1_ventricle = float(np.median(t1[ndi.binary_erosion(ventricles, iterations=1)]))
     return Template(
         t1=t1, gm=gm, wm=wm, mask=mask_b.astype(np.float32), ventricles=ventricles.astype(np.float32),
-        icv=icv, origin_vox=origin, t1_csf=t1_csf, t1_gm=t1_gm, t1_wm=t1_wm, t1_ventricle=t1_ventricle,
+        icv=icv, skull=skull, origin_vox=origin, t1_csf=t1_csf, t1_gm=t1_gm, t1_wm=t1_wm, t1_ventricle=t1_ventricle,
     )
+
+
+def _disk(radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return (yy**2 + xx**2) <= radius**2
 
 
 # ----------------------------------------------------------------------------- subjects
@@ -233,7 +247,9 @@ def draw_subjects(n_subjects: int, seed: int, mix: str) -> list[SubjectParams]:
                 rotation_deg=round(float(r.normal(0, 3.0)), 3),
                 shift_rc=(float(r.normal(0, 3.0)), float(r.normal(0, 6.0))),
                 slice_offset_mm=round(float(np.clip(r.normal(0, 2.0), -5, 5)), 3),
-                tilt=(float(r.normal(0, 0.03)), float(r.normal(0, 0.03))),
+                # (roll, pitch): scanner planes are rarely AC-PC aligned; a forward pitch puts the
+                # eyes and the midbrain in one slice, as in many OASIS slices.
+                tilt=(float(r.normal(0, 0.03)), float(r.normal(0.2, 0.06))),
                 baseline_ventricle_scale=round(float(np.clip(r.lognormal(-sigma**2 / 2, sigma), 0.4, 2.2)), 4),
                 seed=int(r.integers(2**31)),
             )
@@ -268,7 +284,9 @@ class _SliceAnatomy:
     vent: np.ndarray
     hipp: np.ndarray
     icv: np.ndarray  # bool, fixed across stages (the skull does not move)
+    skull: np.ndarray  # bool, the inside of the head outline (icv plus skull-base bone)
     crop: tuple[slice, slice]
+    face: dict[str, np.ndarray]  # soft maps of the face parts on the full canvas (outside the skull)
 
 
 def _hippocampal_region(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -286,6 +304,34 @@ def _hippocampal_region(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarr
     return out
 
 
+def _ellipsoid(x: np.ndarray, y: np.ndarray, z: np.ndarray, c: tuple, r: tuple, edge: float = 0.15) -> np.ndarray:
+    """Soft ellipsoid membership (1 inside, 0 outside, a thin linear edge)."""
+    q = np.sqrt(((x - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((z - c[2]) / r[2]) ** 2)
+    return np.clip((1.0 - q) / edge, 0.0, 1.0).astype(np.float32)
+
+
+def _face_parts(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> dict[str, np.ndarray]:
+    """The front of the head below the forehead, in MNI mm: soft tissue, eyes, orbital fat, nasal cavity.
+
+    The template is skull-stripped; the real slices show the orbits in front of the brain,
+    so a simple face is added: it never changes with the disease, it only makes the
+    slices look (and mask) like the real ones.
+    """
+    face = _ellipsoid(x, y, z, (0.0, 35.0, -45.0), (62.0, 78.0, 32.0), edge=0.05)
+    if not face.any():
+        return {"face": face, "globes": face, "fat": face, "nasal": face}
+    globes = np.maximum(
+        _ellipsoid(x, y, z, (-32.0, 75.0, -32.0), (12.0, 12.0, 12.0), 0.08),
+        _ellipsoid(x, y, z, (32.0, 75.0, -32.0), (12.0, 12.0, 12.0), 0.08),
+    )
+    fat = np.maximum(
+        _ellipsoid(x, y, z, (-26.0, 58.0, -32.0), (14.0, 24.0, 13.0), 0.3),
+        _ellipsoid(x, y, z, (26.0, 58.0, -32.0), (14.0, 24.0, 13.0), 0.3),
+    )
+    nasal = _ellipsoid(x, y, z, (0.0, 68.0, -50.0), (12.0, 34.0, 28.0), 0.3)
+    return {"face": face, "globes": globes * face, "fat": fat * face, "nasal": nasal * face}
+
+
 def _sample_anatomy(tpl: Template, p: SubjectParams, slice_index: int, def_fields: np.ndarray) -> _SliceAnatomy:
     """Map every output pixel to the template (affine + smooth deformation) and sample it."""
     h, w = IMAGE_HEIGHT, IMAGE_WIDTH
@@ -298,9 +344,9 @@ def _sample_anatomy(tpl: Template, p: SubjectParams, slice_index: int, def_field
     v = -math.sin(th) * dc + math.cos(th) * dr
     scale = PX_PER_MM * p.head_scale
     # Rows run left-right (x), columns posterior -> anterior (y): the face looks right.
-    y = -17.0 + u / (scale * p.aspect)
+    y = -17.0 + u / (scale * p.aspect * COLUMN_STRETCH)
     x = v / (scale / p.aspect)
-    z = (slice_index - SLICE_AT_Z0) + p.slice_offset_mm + p.tilt[0] * x + p.tilt[1] * (y + 17.0)
+    z = (slice_index - SLICE_AT_Z0) + p.slice_offset_mm + p.tilt[0] * x - p.tilt[1] * (y + 17.0)
     # Smooth random deformation (mm), varying slowly across slices of one subject.
     t = np.clip((slice_index - SLICE_MIN) / (SLICE_MAX - SLICE_MIN) * (def_fields.shape[1] - 1), 0, def_fields.shape[1] - 1)
     k0 = int(math.floor(t))
@@ -317,6 +363,7 @@ def _sample_anatomy(tpl: Template, p: SubjectParams, slice_index: int, def_field
         return ndi.map_coordinates(vol, coords, order=1, mode="constant", cval=0.0, output=np.float32)
 
     icv = sample(tpl.icv) > 0.5
+    skull = sample(tpl.skull) > 0.5
     rows = np.flatnonzero(icv.any(axis=1))
     cols = np.flatnonzero(icv.any(axis=0))
     if rows.size == 0:
@@ -332,7 +379,7 @@ def _sample_anatomy(tpl: Template, p: SubjectParams, slice_index: int, def_field
         t1=sample_c(tpl.t1), gm=sample_c(tpl.gm), wm=sample_c(tpl.wm), mask=sample_c(tpl.mask),
         vent=sample_c(tpl.ventricles),
         hipp=_hippocampal_region(x[crop], y[crop], z[crop]).astype(np.float32),
-        icv=icv, crop=crop,
+        icv=icv, skull=skull, crop=crop, face=_face_parts(x, y, z),
     )
 
 
@@ -431,30 +478,59 @@ class _SliceRenderer:
         self._skull_and_scalp()
 
     def _draw_scanner(self, rng: np.random.Generator) -> dict:
+        """Scanner and head-surface parameters: per subject (one session), textures per slice."""
         h, w = IMAGE_HEIGHT, IMAGE_WIDTH
+        r = np.random.default_rng([self.p.seed, 7])  # same draws for every slice of the subject
         return {
-            "levels": (rng.uniform(12, 24), rng.uniform(58, 72), rng.uniform(92, 110)),
-            "gamma": rng.uniform(0.9, 1.1),
+            "levels": (r.uniform(12, 24), r.uniform(56, 70), r.uniform(90, 108)),
+            "gamma": r.uniform(0.9, 1.1),
+            "noise_sigma": r.uniform(4.0, 7.0),
+            "fat_peak": r.uniform(160, 225),
+            "scalp_scale": r.uniform(0.85, 1.3),
+            "halo": r.uniform(8, 16),
+            "face_level": r.uniform(55, 85),
             "bias": np.exp(0.10 * _smooth_field(rng, (3, 5), (h, w))).astype(np.float32),
-            "noise_sigma": rng.uniform(3.0, 5.5),
-            "fat_peak": rng.uniform(150, 215),
-            "scalp_scale": rng.uniform(0.8, 1.25),
-            "scalp_texture": (1 + 0.12 * _smooth_field(rng, (40, 80), (h, w))).astype(np.float32),
-            "halo": rng.uniform(8, 16),
+            "scalp_texture": (1 + 0.15 * _smooth_field(rng, (40, 80), (h, w))).astype(np.float32),
+            "scalp_thickness": (1 + 0.25 * _smooth_field(rng, (5, 8), (h, w))).astype(np.float32),
+            "face_texture": _smooth_field(rng, (50, 100), (h, w)),
         }
 
     def _skull_and_scalp(self) -> None:
-        """Scalp and skull as a function of the distance outside the intracranial outline.
+        """Skull, scalp and face outside the intracranial outline; the same at every stage.
 
-        Dark bone, then the bright fat rim, fading through the skin into the background;
-        the same at every stage (the skull does not atrophy).
+        Outside the head outline (skull inside plus face): a CSF sliver, dark bone, the bright
+        fat rim, fading through the skin into the background, as in the real slices. Inside
+        the face: soft tissue with fat patches, dark eyes in bright orbital fat, the dark
+        nasal cavity, separated from the brain by dark bone.
         """
-        sc = self.scanner
-        d_out = ndi.distance_transform_edt(~self.a.icv).astype(np.float32)
+        sc, a = self.scanner, self.a
+        lc = sc["levels"][0]
+        thick = sc["scalp_thickness"]
         s = sc["scalp_scale"] * self.p.head_scale
-        knots = np.array([0.0, 1.0, 2.6, 3.6, 5.2, 7.0, 9.5, 12.0]) * s
-        vals = [sc["levels"][0], 22.0, 18.0, sc["fat_peak"], sc["fat_peak"] * 0.92, 75.0, 22.0, 0.0]
-        self.rim = np.interp(d_out, knots, vals).astype(np.float32) * sc["scalp_texture"]
+        d_icv = ndi.distance_transform_edt(~a.icv).astype(np.float32)
+        bone = 2.4 * s * thick  # skull thickness (px), varying around the head
+        # Head outline: the face, the skull-base hull, and the skull all around the brain.
+        head = (a.face["face"] > 0.5) | a.skull | (d_icv < bone)
+        inner = head & ~a.icv  # skull, skull base and face: not brain, never atrophy
+        d_out = ndi.distance_transform_edt(~head).astype(np.float32) / thick
+        # Outside the outline: bright subcutaneous fat, skin, then the background.
+        knots = np.array([0.0, 2.6, 4.4, 6.6, 9.0]) * s
+        vals = [sc["fat_peak"], sc["fat_peak"] * 0.9, 75.0, 22.0, 0.0]
+        rim = np.interp(d_out, knots, vals).astype(np.float32)
+        # Inside it: a CSF sliver then dark cortical bone next to the brain.
+        bone_knots = np.array([0.0, 1.0, 2.4]) * s
+        bone_vals = [lc, 22.0, 18.0]
+        ft = sc["face_texture"]
+        tissue = sc["face_level"] * (1 + 0.35 * ft)
+        fat, globes, nasal = a.face["fat"], a.face["globes"], a.face["nasal"]
+        base = a.skull & (a.face["face"] < 0.5)
+        tissue = np.where(base, 28 + 30 * np.clip(ft, 0, 2), tissue)  # skull base: bone, some marrow
+        tissue = tissue * (1 - fat) + sc["fat_peak"] * (0.9 + 0.1 * ft) * fat
+        tissue = tissue * (1 - nasal) + (22 + 35 * np.clip(ft + 0.5, 0, 1.5)) * nasal
+        tissue = tissue * (1 - globes) + 24.0 * globes  # vitreous: dark on T1
+        w_bone = np.clip((d_icv / thick - bone_knots[-1]) / (1.0 * s), 0, 1)
+        tissue = np.interp(d_icv / thick, bone_knots, bone_vals).astype(np.float32) * (1 - w_bone) + tissue * w_bone
+        self.rim = (np.where(inner, tissue, rim) * sc["scalp_texture"]).astype(np.float32)
         self.halo = d_out < knots[-1] + sc["halo"]
 
     def _warp_coords(self, e: float, shrink: float, region: tuple[slice, slice] | None = None) -> np.ndarray:
