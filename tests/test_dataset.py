@@ -19,6 +19,8 @@ from alzprog.data.dataset import (
     StageSliceDataset,
     apply_augment,
     augment_batch,
+    classifier_batch,
+    make_loader,
     make_subject_balanced_sampler,
     subject_balanced_weights,
 )
@@ -99,6 +101,22 @@ def test_stage_slice_dataset_shapes_and_augmentation(real_manifest: pd.DataFrame
     xb, yb, sb = next(iter(loader))
     assert xb.shape == (8, 3, 64, 64) and yb.dtype == torch.int64 and sb.shape == (8,)
     assert augment_batch(xb, MEAN, STD, generator=torch.Generator().manual_seed(1)).shape == xb.shape
+
+
+def test_pixels_path_equals_classifier_input(real_manifest: pd.DataFrame, real_cache: CanonicalCache) -> None:
+    """The fast path (uint8 through the loader, normalised on the device) is the same function."""
+    ref = StageSliceDataset(real_manifest, real_cache, 96, train=False, mean=MEAN, std=STD)
+    fast = StageSliceDataset(real_manifest, real_cache, 96, train=True, mean=MEAN, std=STD, pixels=True)
+    u8, y, s = fast[5]
+    assert u8.shape == (1, 96, 96) and u8.dtype == torch.uint8 and (y, s) == ref[5][1:]
+    loader = make_loader(fast, 4, num_workers=0)
+    xb, _, _ = next(iter(loader))
+    expected = torch.stack([ref[i][0] for i in range(4)])
+    assert torch.allclose(classifier_batch(xb, MEAN, STD, augment=False), expected, atol=1e-6)
+    # augmenting uint8 pixels (one channel) == augmenting the normalised float input, same draws
+    a = augment_batch(expected, MEAN, STD, generator=torch.Generator().manual_seed(5))
+    b = classifier_batch(xb, MEAN, STD, augment=True, generator=torch.Generator().manual_seed(5))
+    assert b.shape == (4, 3, 96, 96) and torch.allclose(a, b, atol=1e-5)
 
 
 def test_canonical_slice_dataset_for_generators(real_manifest: pd.DataFrame, real_cache: CanonicalCache) -> None:
