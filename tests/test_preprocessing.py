@@ -291,3 +291,17 @@ def test_overlay_mask():
     for ch in range(3):
         np.testing.assert_array_equal(ov[..., ch][~m], img[~m])  # untouched outside
     assert (ov[m][:, 0] >= ov[m][:, 2]).all() and (ov[m][:, 0] > ov[m][:, 2]).any()
+
+
+def test_three_class_otsu_matches_scikit_image():
+    from skimage.filters import threshold_multiotsu
+
+    from alzprog.preprocessing import _otsu3
+
+    rng = np.random.default_rng(0)
+    for centres in [(20, 90, 200), (10, 60, 120), (40, 140, 230)]:
+        v = np.concatenate([rng.normal(c, 6, n) for c, n in zip(centres, (3000, 5000, 1000))])
+        v = v.clip(0, 255).astype(np.uint8)
+        ours = np.array(_otsu3(v))
+        ref = threshold_multiotsu(v, classes=3)
+        assert np.all(np.abs(ours - ref) <= 6), (ours, ref)  # 4-level bins in ours

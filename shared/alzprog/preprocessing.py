@@ -122,7 +122,6 @@ def _otsu3(values: np.ndarray) -> tuple[float, float]:
     w = np.concatenate([[0.0], np.cumsum(p)])
     m = np.concatenate([[0.0], np.cumsum(p * levels)])
     mt = m[-1]
-    best, t1, t2 = -1.0, 0, 0
     i = np.arange(1, 63)[:, None]
     j = np.arange(2, 64)[None, :]
     valid = j > i
@@ -132,11 +131,10 @@ def _otsu3(values: np.ndarray) -> tuple[float, float]:
     with np.errstate(divide="ignore", invalid="ignore"):
         var = m0**2 / w0 + m1**2 / w1 + m2**2 / w2
     var = np.where(valid & (w0 > 0) & (w1 > 0) & (w2 > 0), var, -1.0)
-    k = int(np.argmax(var))
-    a, b = np.unravel_index(k, var.shape)
-    best = var[a, b]
-    if best < 0:
-        return _otsu(values), _otsu(values)
+    a, b = np.unravel_index(int(np.argmax(var)), var.shape)
+    if var[a, b] < 0:  # fewer than three occupied levels
+        t = _otsu(values)
+        return t, t
     t1, t2 = int(i[a, 0]), int(j[0, b])
     return t1 * 4.0, t2 * 4.0
 
