@@ -97,8 +97,8 @@ class ServiceProcess:
             self.proc.wait(timeout=5)
 
 
-def start_service(name: str, port: int, env: dict[str, str], log_dir: Path) -> ServiceProcess:
-    """Start one service process on ``port`` (its own process group, so it can be killed whole)."""
+def start_service(name: str, port: int, env: dict[str, str], log_dir: Path, module: str | None = None) -> ServiceProcess:
+    """Start ``python -m services.<name>`` (or ``module``) on ``port`` in its own process group."""
     full_env = {**os.environ, **env}
     full_env[f"{name.upper()}_PORT"] = str(port)
     full_env[f"{name.upper()}_HOST"] = "127.0.0.1"
@@ -106,7 +106,7 @@ def start_service(name: str, port: int, env: dict[str, str], log_dir: Path) -> S
     log_path = log_dir / f"{name}-{port}.log"
     log = open(log_path, "ab")
     proc = subprocess.Popen(
-        [PY, "-m", f"services.{name}"], cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        [PY, "-m", module or f"services.{name}"], cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     log.close()
     return ServiceProcess(name, proc, f"http://127.0.0.1:{port}", log_path)

@@ -170,3 +170,28 @@ def test_info_reports_versions_and_runtime(home, clf_artifacts):
     assert info["models"][0]["version"] == "1"
     assert info["backend"] == "onnxruntime"
     assert "CPUExecutionProvider" in info["providers"]
+
+
+def test_explain_returns_a_gradcam_overlay_and_in_brain_fraction(home, clf_artifacts):
+    import base64
+    import io
+
+    from PIL import Image
+
+    seed_cache(home, CLASSIFIER_MODEL_NAME, 1, clf_artifacts[1])
+    body, headers = canonical_body(5)
+    with TestClient(create_app(settings())) as client:
+        wait_ready(client)
+        plain = client.post("/v1/classify", content=body, headers=headers).json()
+        r = client.post("/v1/classify", params={"explain": "true"}, content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert plain["explain"] is None
+    assert out["probabilities"] == pytest.approx(plain["probabilities"], abs=1e-6)
+    ex = out["explain"]
+    assert ex["target_stage"] == out["stage"]
+    frac = ex["saliency_in_brain_fraction"]
+    assert frac is None or 0.0 <= frac <= 1.0
+    assert ex["overlay"].startswith("data:image/png;base64,")
+    im = Image.open(io.BytesIO(base64.b64decode(ex["overlay"].split(",", 1)[1])), formats=["PNG"])
+    assert im.size == (256, 256) and im.mode == "RGB"

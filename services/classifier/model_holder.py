@@ -115,6 +115,8 @@ class ClassifierRuntime:
             cam = explain.grad_cam(model, x, target)
         cam = np.asarray(cam, dtype=np.float32)
         fraction = float(explain.saliency_in_brain_fraction(cam, mask))
+        if not np.isfinite(fraction):
+            fraction = None  # an all-zero heat map attributes nothing (JSON has no NaN)
         png = explain.overlay_png(image, cam)
         return {
             "overlay": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),

@@ -14,7 +14,7 @@ class ModelVersion(BaseModel):
 
 class Explanation(BaseModel):
     overlay: str = Field(description="Grad-CAM heat map over the canonical slice, data:image/png;base64,...")
-    saliency_in_brain_fraction: float = Field(description="share of the Grad-CAM mass inside the brain mask")
+    saliency_in_brain_fraction: float | None = Field(description="share of the Grad-CAM mass inside the brain mask (null when the map is empty)")
     target_stage: str
 
 

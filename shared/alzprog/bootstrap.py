@@ -39,10 +39,10 @@ class BootstrapPlan:
 PLANS: dict[str, BootstrapPlan] = {
     # make run on a fresh clone: a few minutes on 2 CPU cores.
     "quick": BootstrapPlan(
-        subjects=48,
+        subjects=32,
         slices_per_subject=6,
-        classifier_overrides={"phase1.epochs": 1, "phase2.epochs": 4, "phase2.early_stop_patience": 0},
-        progression_overrides={"epochs": 2, "samples_per_epoch": 160, "time_limit_s": 75, "val_max_pairs": 16},
+        classifier_overrides={"phase1.epochs": 1, "phase2.epochs": 3, "phase2.early_stop_patience": 0},
+        progression_overrides={"epochs": 2, "samples_per_epoch": 128, "time_limit_s": 60, "val_max_pairs": 12},
     ),
     # Tests: seconds, on the session's tiny phantom split.
     "tiny": BootstrapPlan(
