@@ -11,8 +11,9 @@ brain intensity is split by the dark skull gap and CSF from the bright scalp fat
 is the tissue component nearest the head centre grown by its close neighbours (temporal
 lobes, brainstem), smoothed and hole-filled. It is tuned on the real OASIS-1 slices in
 ``shared/oasis-samples`` (docs/img/brain_mask_real.png) and checked against the phantom's
-true intracranial masks (docs/img/brain_mask_phantom.png: Dice median 0.97, min 0.87 over
-32 slices). It works on the head's box resampled to a fixed resolution, so its cost
+true intracranial masks (docs/img/brain_mask_phantom.png: Dice median 0.96, min 0.91 on
+slices above the orbits; in the phantom's lowest slices its face touches the temporal lobes
+with no bone between, and the mask runs into the face: Dice median 0.78 there). It works on the head's box resampled to a fixed resolution, so its cost
 (~10 ms CPU for a 496x248 slice) does not depend on the upload size.
 """
 
