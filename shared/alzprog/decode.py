@@ -302,6 +302,7 @@ def _decode_pillow(data: bytes, fmt: str) -> np.ndarray:
     with im:
         # Header-declared size, known before a single pixel is decoded.
         _check_pixels(im.width, im.height, len(data), compressed=True)
+        _check_shape((im.height, im.width))  # too small / too elongated: refuse before decoding
         n_frames = getattr(im, "n_frames", 1)
         if fmt == "PNG" and n_frames > 1:
             raise ImageDecodeError("multi_frame", "animated PNGs are not accepted; upload a single slice")
