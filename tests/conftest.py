@@ -156,3 +156,72 @@ def tiny_split(tiny_phantom: Path, session_dir: Path) -> Path:
     out = session_dir / "split"
     split_manifest(manifest, out, seed=1, test_fraction=0.25, val_fraction=0.25)
     return out
+
+
+# ---- The whole stack (moved here from tests/test_stack_integration.py so the browser test shares it).
+
+
+@pytest.fixture(scope="session")
+def registered_models(mlflow_server, tiny_split, session_dir) -> dict[str, str]:
+    """Train the tiny quick models through the library and make them the champions."""
+    from alzprog.bootstrap import bootstrap
+
+    # force: other test modules may have registered champions of their own in this server.
+    report = bootstrap("tiny", split_dir=tiny_split, work_dir=session_dir / "stack-bootstrap", force=True, echo=False)
+    assert all(report.champions.values()), report.champions
+    return report.champions
+
+
+@pytest.fixture(scope="session")
+def stack(registered_models, mlflow_server, redis_url, tmp_path_factory):
+    """The four services as processes on free ports, over the real MLflow and Redis.
+
+    Session scope: tests/test_stack_integration.py and tests/test_browser.py share one stack.
+    """
+    import redis
+    from service_helpers import start_service, wait_ready
+
+    home = tmp_path_factory.mktemp("stack_home")  # the services' own model cache
+    logs = tmp_path_factory.mktemp("stack_logs")
+    prefix = f"alzprog-stack-{uuid.uuid4().hex[:8]}"
+    ports = {name: free_port() for name in ("classifier", "generator", "gateway", "frontend")}
+    env = {
+        "ALZPROG_HOME": str(home),
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "CLASSIFIER_POLL_SECONDS": "1",
+        "GENERATOR_POLL_SECONDS": "1",
+        "CLASSIFIER_MAX_CONCURRENCY": "1",
+        "GENERATOR_MAX_CONCURRENCY": "1",
+        "GATEWAY_CLASSIFIER_URL": f"http://127.0.0.1:{ports['classifier']}",
+        "GATEWAY_GENERATOR_URL": f"http://127.0.0.1:{ports['generator']}",
+        "GATEWAY_VERSIONS_TTL_S": "0.5",
+        "GATEWAY_BREAKER_RESET_S": "2",
+        "REDIS_URL": redis_url,
+        "GATEWAY_CACHE_PREFIX": prefix,
+        "GATEWAY_URL": f"http://127.0.0.1:{ports['gateway']}",
+    }
+    procs = {name: start_service(name, ports[name], env, logs) for name in ("classifier", "generator", "gateway")}
+    # The frontend belongs to services/frontend (plain script, its own settings).
+    procs["frontend"] = start_service("frontend", ports["frontend"], env, logs, module="services.frontend.server")
+    info = {"procs": procs, "env": env, "logs": logs, "prefix": prefix, "ports": ports, "redis": redis.Redis.from_url(redis_url)}
+    try:
+        wait_ready(procs["classifier"])
+        wait_ready(procs["generator"])
+        wait_ready(procs["gateway"])
+        wait_ready(procs["frontend"], path="/livez")
+        yield info
+    finally:
+        for p in procs.values():
+            p.stop()
+        for k in info["redis"].scan_iter(f"{prefix}:*"):
+            info["redis"].delete(k)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests on the shared `stack` run last, together: the stack then starts after every other
+    module is done (no champion registered by another module can swap its models, and its
+    processes do not compete for the 2 CPUs with the rest of the suite)."""
+    on_stack = [item for item in items if "stack" in getattr(item, "fixturenames", ())]
+    if on_stack:
+        rest = [item for item in items if "stack" not in getattr(item, "fixturenames", ())]
+        items[:] = rest + on_stack

@@ -22,6 +22,7 @@
     button: $("analyse-btn"),
     optExplain: $("opt-explain"),
     optProgression: $("opt-progression"),
+    optFrom: $("opt-from"),
     status: $("status"),
     statusText: $("status-text"),
     error: $("error"),
@@ -269,14 +270,17 @@
     el.strip.replaceChildren();
     // The canonical slice has the same framing as the synthesized ones, so it is the fairest
     // "before" image; the raw upload preview is the fallback.
-    el.strip.appendChild(stripItem(canonicalSrc || previewUrl, "Original: " + (data.stage || ""), false));
+    // The original is labelled with the stage the chain started from (the prediction by default).
+    const start = data.from_stage || data.stage || "";
+    const label = start === data.stage ? "Original: " + start : "Original, taken as " + start;
+    el.strip.appendChild(stripItem(canonicalSrc || previewUrl, label, false));
     for (const step of steps) {
       if (!isDataPng(step.image)) continue; // only our own PNG data URLs are ever shown
       el.strip.appendChild(stripItem(step.image, step.stage || "", true));
     }
     if (steps.length === 0) {
       el.progressionNote.textContent =
-        "The predicted stage is the last one; there is no later stage to synthesize.";
+        "The starting stage is the last one; there is no later stage to synthesize.";
       el.progressionNote.hidden = false;
     } else {
       el.progressionNote.hidden = true;
@@ -303,7 +307,9 @@
       renderPrediction(prediction);
       if (el.optProgression.checked) {
         setBusy(true, "Synthesizing the progression (this can take a few seconds)…");
-        const progression = await postFile("api/progression");
+        // Default: from the predicted stage; the user may start from an earlier stage instead.
+        const from = el.optFrom.value ? "?from_stage=" + encodeURIComponent(el.optFrom.value) : "";
+        const progression = await postFile("api/progression" + from);
         renderProgression(progression);
       }
     } catch (err) {

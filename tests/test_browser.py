@@ -1,0 +1,255 @@
+"""The web page in a real headless Chromium against the real stack.
+
+Stack: the session fixture ``stack`` of tests/conftest.py: the real MLflow server holding the
+quick models trained on the tiny phantom by ``alzprog bootstrap`` and promoted to
+``champion``, the real Redis, and the four services started as processes. Chromium is
+Debian's ``/usr/bin/chromium`` driven by Playwright; no browser is ever downloaded.
+Screenshots go to ``test-artifacts/browser/`` (gitignored); docs/img/page*.png are copies.
+
+The samples differ from the ones tests/test_stack_integration.py uses, so neither module sees
+the other's cache entries.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}  # an iPhone 12-14 sized viewport
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def chromium_path() -> str:
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium; scripts/ensure_chromium.sh); never downloaded")
+    pytest.importorskip("playwright.sync_api", reason="playwright (Python package) is not installed")
+    return str(CHROMIUM)
+
+
+@pytest.fixture(scope="module")
+def live_stack(stack, registered_models):
+    """The shared real stack of tests/conftest.py (also used by tests/test_stack_integration.py)."""
+    return {
+        "frontend": stack["procs"]["frontend"].url,
+        "gateway": stack["procs"]["gateway"].url,
+        "versions": registered_models,
+        "logs": stack["logs"],
+    }
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=chromium_path,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield b
+        b.close()
+
+
+class PageWatch:
+    """Collects console errors, page errors and CSP violations of one page."""
+
+    def __init__(self, page) -> None:
+        self.problems: list[str] = []
+        page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
+        page.on("pageerror", lambda e: self.problems.append(f"pageerror: {e}"))
+
+
+def _open(browser, url: str, viewport: dict):
+    context = browser.new_context(viewport=viewport, device_scale_factor=1)
+    page = context.new_page()
+    watch = PageWatch(page)
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='true']", timeout=15000)
+    return context, page, watch
+
+
+def _wait_idle(page, timeout_ms: int = 120000) -> None:
+    # A selector, not wait_for_function: a string predicate would need eval, which our CSP forbids.
+    page.wait_for_selector("body[aria-busy='false']", state="attached", timeout=timeout_ms)
+
+
+def _sample(oasis_sample_files: list[Path], stage: str) -> Path:
+    # The last slice of the stage: test_stack_integration.py uploads the first one.
+    return [p for p in oasis_sample_files if p.parent.name == stage][-1]
+
+
+def test_page_uploads_a_real_oasis_slice_and_shows_stage_bars_gradcam_and_strip(
+    live_stack, browser, oasis_sample_files
+):
+    from alzprog.constants import STAGES
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    sample = _sample(oasis_sample_files, "Non Demented")
+    context, page, watch = _open(browser, live_stack["frontend"] + "/", DESKTOP)
+    try:
+        with page.expect_response(lambda r: "/api/predict" in r.url) as predict_info:
+            with page.expect_response(lambda r: "/api/progression" in r.url, timeout=120000) as prog_info:
+                page.set_input_files("#file-input", str(sample))
+                # The loading state is shown while the API works.
+                page.wait_for_selector("#status:not([hidden])", timeout=10000)
+        predict = predict_info.value.json()
+        progression = prog_info.value.json()
+        _wait_idle(page)
+
+        # What the page shows is what the real API answered.
+        assert predict["model"]["version"] == live_stack["versions"]["alzheimer-stage-classifier"]
+        assert page.inner_text("#stage-name") == predict["stage"] in STAGES
+        assert "alzheimer-stage-classifier v" + predict["model"]["version"] in page.inner_text("#stage-meta")
+        bars = page.locator("#prob-bars li")
+        assert bars.count() == 4
+        assert [bars.nth(i).locator(".prob-name").inner_text() for i in range(4)] == list(STAGES)
+        for i, stage in enumerate(STAGES):
+            shown = float(bars.nth(i).locator(".prob-bar").get_attribute("aria-valuenow"))
+            assert abs(shown - 100 * predict["probabilities"][stage]) < 0.051
+            width = bars.nth(i).locator(".prob-fill").evaluate("e => e.getBoundingClientRect().width")
+            full = bars.nth(i).locator(".prob-bar").evaluate("e => e.getBoundingClientRect().width")
+            assert abs(width / full - predict["probabilities"][stage]) < 0.02, "bar length follows the probability"
+        assert page.locator(".prob.is-predicted .prob-name").inner_text() == predict["stage"]
+
+        # Grad-CAM overlay from the API, decoded by the browser.
+        assert page.is_visible("#gradcam-card")
+        assert page.get_attribute("#gradcam-img", "src") == predict["explain"]["overlay"]
+        assert page.eval_on_selector("#gradcam-img", "e => e.complete && e.naturalWidth") > 0
+        # The upload preview is a local blob: URL (the JPEG never comes back from the server).
+        assert page.get_attribute("#original-img", "src").startswith("blob:")
+
+        # The strip: the original, then one labelled synthetic image per later stage.
+        start = STAGES.index(progression["from_stage"])
+        steps = progression["steps"]
+        assert len(steps) == 3 - start
+        items = page.locator("#strip li")
+        assert items.count() == 1 + len(steps)
+        assert "ORIGINAL" in items.nth(0).inner_text()
+        for i, step in enumerate(steps, start=1):
+            text = items.nth(i).inner_text()
+            assert step["stage"] in text and "SYNTHETIC" in text
+            img = items.nth(i).locator("img")
+            assert img.get_attribute("src") == step["image"]
+            assert "not for diagnosis" in img.get_attribute("alt")
+            assert img.evaluate("e => e.complete && e.naturalWidth") > 0
+        assert "not for diagnosis" in page.inner_text("#progression").lower()
+        assert page.is_hidden("#error")
+        page.screenshot(path=str(ARTIFACTS / "page_desktop.png"), full_page=True)
+        assert watch.problems == [], watch.problems
+    finally:
+        context.close()
+
+
+def test_page_on_a_phone_starts_from_non_demented_and_gets_three_synthetic_stages(
+    live_stack, browser, oasis_sample_files
+):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    sample = _sample(oasis_sample_files, "Mild Dementia")
+    context, page, watch = _open(browser, live_stack["frontend"] + "/", PHONE)
+    try:
+        page.select_option("#opt-from", "nd")
+        with page.expect_response(lambda r: "/api/predict" in r.url) as predict_info:
+            with page.expect_response(lambda r: "/api/progression" in r.url, timeout=120000) as prog_info:
+                page.set_input_files("#file-input", str(sample))
+        assert "from_stage=nd" in prog_info.value.url
+        predicted = predict_info.value.json()["stage"]
+        progression = prog_info.value.json()
+        _wait_idle(page)
+        assert progression["from_stage"] == "Non Demented"
+        assert [s["stage"] for s in progression["steps"]] == ["Very mild Dementia", "Mild Dementia", "Moderate Dementia"]
+        assert page.locator("#strip .is-synthetic").count() == 3
+        first = page.locator("#strip li").nth(0).inner_text()
+        # The original is labelled with the chosen start, and says so when it differs from the prediction.
+        assert ("Original: Non Demented" if predicted == "Non Demented" else "Original, taken as Non Demented") in first
+        # Usable on a phone: nothing wider than the screen, touch-sized button, 2-column strip.
+        scroll_w = page.evaluate("document.documentElement.scrollWidth")
+        assert scroll_w <= PHONE["width"], f"horizontal overflow: {scroll_w}px"
+        assert page.locator("#analyse-btn").bounding_box()["height"] >= 44
+        boxes = [page.locator("#strip li").nth(i).bounding_box() for i in range(4)]
+        assert boxes[0]["y"] == boxes[1]["y"] and boxes[2]["y"] > boxes[0]["y"]
+        page.screenshot(path=str(ARTIFACTS / "page_mobile.png"), full_page=True)
+        assert watch.problems == [], watch.problems
+    finally:
+        context.close()
+
+
+def test_page_shows_the_api_error_for_a_file_that_is_not_an_image(live_stack, browser, tmp_path):
+    fake = tmp_path / "notes.png"
+    fake.write_bytes(b"this is a text file renamed .png, not an image\n" * 20)
+    context, page, watch = _open(browser, live_stack["frontend"] + "/", DESKTOP)
+    try:
+        with page.expect_response(lambda r: "/api/predict" in r.url) as info:
+            page.set_input_files("#file-input", str(fake))
+        resp = info.value
+        assert 400 <= resp.status < 500
+        body = resp.json()
+        _wait_idle(page)
+        assert page.is_visible("#error")
+        assert body["error"]["message"] in page.inner_text("#error-text")
+        assert body["error"]["code"] in page.inner_text("#error-text")
+        assert page.is_hidden("#result") and page.is_hidden("#progression")
+        # The browser console logs the failed request; nothing else may go wrong.
+        assert [p for p in watch.problems if "status of 4" not in p] == []
+    finally:
+        context.close()
+
+
+def test_the_browser_enforces_the_csp_no_inline_script_runs(live_stack, browser):
+    """The policy really is in force: an injected inline script is blocked by Chromium."""
+    context, page, watch = _open(browser, live_stack["frontend"] + "/", DESKTOP)
+    try:
+        page.evaluate(
+            """() => { const s = document.createElement('script');
+                       s.textContent = 'window.__inlineRan = true';
+                       document.body.appendChild(s); }"""
+        )
+        assert page.evaluate("window.__inlineRan === true") is False
+        assert any("Content Security Policy" in p for p in watch.problems)
+    finally:
+        context.close()
+
+
+def test_no_file_name_reaches_the_server(live_stack, browser, oasis_sample_files, tmp_path):
+    """The user's file name (often a patient id) stays in the browser."""
+    canary = f"PATIENT_CANARY_{uuid.uuid4().hex[:8]}"
+    src = _sample(oasis_sample_files, "Very mild Dementia")
+    named = tmp_path / f"{canary}.jpg"
+    shutil.copy(src, named)
+    context = browser.new_context(viewport=DESKTOP)
+    # Record the multipart fields the page hands to fetch (Playwright does not expose
+    # multipart bodies that hold a File): name -> the File's name or the value.
+    context.add_init_script(
+        """(() => { const orig = window.fetch; window.__sent = [];
+            window.fetch = (url, opts) => {
+              if (opts && opts.body instanceof FormData) {
+                window.__sent.push([String(url), [...opts.body.entries()].map(
+                  ([k, v]) => [k, v instanceof File ? 'file:' + v.name : String(v)])]);
+              }
+              return orig(url, opts); }; })()"""
+    )
+    page = context.new_page()
+    try:
+        page.goto(live_stack["frontend"] + "/")
+        page.wait_for_selector("body[data-ready='true']")
+        page.uncheck("#opt-progression")
+        with page.expect_response(lambda r: "/api/predict" in r.url) as info:
+            page.set_input_files("#file-input", str(named))
+        assert info.value.status == 200
+        _wait_idle(page)
+        assert canary in page.inner_text("#file-name"), "shown to the user locally"
+        sent = page.evaluate("window.__sent")
+        assert [fields for url, fields in sent] == [[["file", "file:upload"]]], sent
+        for log in live_stack["logs"].glob("*.log"):
+            assert canary not in log.read_text(errors="replace"), log.name
+    finally:
+        context.close()
