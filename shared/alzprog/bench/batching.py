@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 def batching_settings() -> dict[str, Any]:
     """The classifier's batching fields ``{name: default}`` (empty when the service has none)."""
+    from alzprog.bench.stack import services_importable
+
+    services_importable()
     from services.classifier.settings import Settings
 
     return {name: f.default for name, f in Settings.model_fields.items() if "batch" in name.lower()}

@@ -65,6 +65,8 @@ def run_bench(
     """
     selected = parse_only(only)
     t_start = time.perf_counter()
+    for noisy in ("httpx", "httpcore", "mlflow", "alembic", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)  # one line per request would drown the table
     rows: list[Measurement] = []
     targets: dict[str, float | None] = {name: None for name in TARGET_NAMES}
     notes: list[str] = []

@@ -57,6 +57,9 @@ def canonical_of(upload: bytes):  # noqa: ANN201 - CanonicalSlice
 
 def canonical_request(image: np.ndarray, mask: np.ndarray | None = None) -> RequestSpec:
     """``POST /v1/classify`` with the internal wire format."""
+    from alzprog.bench.stack import services_importable
+
+    services_importable()
     from services.common.wire import encode_canonical
 
     body, headers = encode_canonical(image, mask)

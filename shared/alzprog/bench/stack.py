@@ -34,6 +34,17 @@ def repo_root() -> Path:
     return root
 
 
+def services_importable() -> None:
+    """Put the checkout on ``sys.path`` so ``services.*`` (wire format, settings) can be imported.
+
+    The services are not part of the installed package; the bench reads their wire format and
+    settings from the checkout it runs the services from.
+    """
+    root = str(repo_root())
+    if root not in sys.path:
+        sys.path.append(root)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -189,7 +200,13 @@ class BenchStack:
 
         registry.tracking_uri()
         exp = registry.ensure_experiment("alzprog-bench")
-        run_id = registry.client().create_run(exp, run_name="bench-untrained-production").info.run_id
+
+        def new_run(name: str) -> str:
+            # One run per artifact: register_artifact logs under the run's ``model/`` folder,
+            # so two artifacts in one run would overwrite each other.
+            return registry.client().create_run(exp, run_name=name).info.run_id
+
+        run_id = new_run("bench-untrained-classifier")
         torch.manual_seed(0)
         t0 = time.perf_counter()
         clf_dir = self.workdir / "artifacts" / "classifier"
@@ -204,8 +221,10 @@ class BenchStack:
         save_artifact(clf_dir, classifier, cfg, forward.classifier_example(1, int(cfg["image_size"])))
         self.versions[CLASSIFIER_MODEL_NAME] = registry.register_artifact(
             clf_dir, CLASSIFIER_MODEL_NAME, run_id, alias=CHAMPION_ALIAS, tags={"bench": "untrained"})
+        registry.client().set_terminated(run_id)
         log.info("registered untrained %s in %.1fs", cfg["arch"], time.perf_counter() - t0)
         if with_generators:
+            run_id = new_run("bench-untrained-generator")
             gen_dir = self.workdir / "artifacts" / "generator"
             save_artifact(gen_dir, forward.build_progression_generator("default", tiny), forward.generator_config("default", tiny),
                           forward.generator_example(1), onnx_atol=1e-3)
@@ -213,7 +232,7 @@ class BenchStack:
                 name = progression_model_name(slug)
                 self.versions[name] = registry.register_artifact(gen_dir, name, run_id, alias=CHAMPION_ALIAS,
                                                                  tags={"bench": "untrained"})
-        registry.client().set_terminated(run_id)
+            registry.client().set_terminated(run_id)
         return dict(self.versions)
 
     # ------------------------------------------------------------------ services
