@@ -182,3 +182,11 @@ def test_subject_balanced_sampler_weights() -> None:
     drawn = frame.iloc[list(sampler)]
     share = drawn["stage_index"].value_counts(normalize=True)
     assert abs(share[3] - 1 / 3) < 0.05 and abs(share[0] - 1 / 3) < 0.05
+
+
+def test_process_pool_build_equals_thread_build(oasis_sample_files: list[Path], real_cache: CanonicalCache) -> None:
+    paths = [str(p.resolve()) for p in oasis_sample_files[:6]]
+    by_process = CanonicalCache.build(paths, persist=False, processes=True, workers=2, progress=False)
+    rows = real_cache.index_of(paths)
+    assert np.array_equal(np.asarray(by_process.images), np.asarray(real_cache.images[rows]))
+    assert np.array_equal(np.asarray(by_process.masks), np.asarray(real_cache.masks[rows]))

@@ -10,7 +10,7 @@ from PIL import Image
 
 from alzprog.cli import main as cli_main
 from alzprog.constants import STAGES
-from alzprog.data.eda import FIGURES, run_eda, stage_stats
+from alzprog.data.eda import FIGURES, PAIRED_FIGURE, run_eda, stage_stats
 
 
 def _check_figures(out: Path) -> None:
@@ -25,6 +25,7 @@ def test_eda_on_tiny_phantom_pairs_by_subject(tiny_phantom: Path, tmp_path: Path
     out = tmp_path / "eda"
     assert cli_main(["eda", str(tiny_phantom), "--out", str(out), "--max-per-stage", "8"]) == 0
     _check_figures(out)
+    assert (out / PAIRED_FIGURE).is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["longitudinal"] is not None
     assert sum(v["subjects"] for v in summary["class_balance"].values()) == summary["subjects"] == 12
@@ -36,6 +37,7 @@ def test_eda_on_tiny_phantom_pairs_by_subject(tiny_phantom: Path, tmp_path: Path
         assert paired["n"] > 0 and 0 < paired["mean"] <= 1
         # the same subject one stage apart is more alike than two different people
         assert paired["mean"] > entry["unpaired_adjacent"]["mean"]
+        assert entry["paired_mean_abs_difference"]["n"] == paired["n"]
     md = (out / "summary.md").read_text()
     assert "paired (same subject)" in md and "eda_ssim.png" in md
 
@@ -43,6 +45,7 @@ def test_eda_on_tiny_phantom_pairs_by_subject(tiny_phantom: Path, tmp_path: Path
 def test_eda_on_real_samples_is_labelled_unpaired(oasis_samples: Path, tmp_path: Path) -> None:
     summary = run_eda(oasis_samples, tmp_path, max_per_stage=3, max_pairs=3, progress=False)
     _check_figures(tmp_path)
+    assert not (tmp_path / PAIRED_FIGURE).exists()
     assert summary["longitudinal"] is None
     assert summary["class_balance"]["Moderate Dementia"] == {"images": 5, "subjects": 1}
     for entry in summary["ssim"].values():

@@ -4,7 +4,8 @@ Canonicalisation (decode, brain mask, crop/pad/resize: ``alzprog.preprocessing``
 expensive part, so ``CanonicalCache`` does it once per image and keeps the uint8 images and
 brain masks as ``N x 256 x 256`` arrays, optionally persisted as ``.npy`` under
 ``<data_home>/cache/canonical-<key>/`` and memory-mapped on reuse. The key hashes the paths,
-their mtimes and sizes, the canonical size and the source of ``alzprog.preprocessing``, so a
+their mtimes and sizes, the canonical size and the sources of ``alzprog.decode`` and
+``alzprog.preprocessing``, so a
 changed file or a changed preprocessing path never serves stale pixels.
 
 Training augmentation works on batched tensors (``augment_batch``): one ``affine_grid`` +
@@ -55,10 +56,14 @@ def _preprocessing():
 
 
 def _preprocessing_fingerprint() -> str:
-    """Hash of the preprocessing source: a change to the one preprocessing path invalidates caches."""
-    pp = _preprocessing()
-    src = Path(pp.__file__)
-    return hashlib.sha256(src.read_bytes()).hexdigest()
+    """Hash of the decode + preprocessing sources: a change to the one preprocessing path
+    (or to how files are decoded) invalidates every cache built with the old one."""
+    from alzprog import decode
+
+    h = hashlib.sha256()
+    for module in (decode, _preprocessing()):
+        h.update(Path(module.__file__).read_bytes())
+    return h.hexdigest()
 
 
 def cache_key(paths: Sequence[str | Path], size: int) -> str:
@@ -69,6 +74,19 @@ def cache_key(paths: Sequence[str | Path], size: int) -> str:
         st = os.stat(p)
         h.update(f"{p}\0{st.st_mtime_ns}\0{st.st_size}\n".encode())
     return h.hexdigest()
+
+
+def _canonicalize_chunk(paths: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Canonicalise a chunk of paths in a worker process; (images, masks) stacked."""
+    images = np.empty((len(paths), size, size), dtype=np.uint8)
+    masks = np.empty((len(paths), size, size), dtype=np.bool_)
+    for j, path in enumerate(paths):
+        try:
+            c = _canonicalize_path(path, size)
+        except Exception as exc:
+            raise RuntimeError(f"cannot canonicalise {path}: {exc}") from exc
+        images[j], masks[j] = c.image, c.mask
+    return images, masks
 
 
 def _canonicalize_path(path: str, size: int):
@@ -150,6 +168,7 @@ class CanonicalCache:
         persist: bool = True,
         cache_root: Path | None = None,
         workers: int | None = None,
+        processes: bool | None = None,
         progress: bool = True,
     ) -> CanonicalCache:
         """Canonicalise every (unique) path once, or reopen the persisted cache of the same inputs.
@@ -157,6 +176,10 @@ class CanonicalCache:
         ``persist=True`` writes ``<cache_root or data_home()/cache>/canonical-<key>/`` (arrays are
         filled straight into memory-mapped ``.npy`` files, so the full 86k-slice dataset never
         needs ~11 GB of RAM) and memory-maps it; ``persist=False`` keeps everything in memory.
+
+        The brain mask is mostly scipy.ndimage morphology, which holds the GIL, so large builds
+        use worker processes (``processes=None``: when there are > 256 paths and > 2 CPUs);
+        small ones use threads (no process start-up cost).
         """
         unique = list(dict.fromkeys(str(Path(p)) for p in paths))
         if not unique:
@@ -195,11 +218,29 @@ class CanonicalCache:
             images[i] = c.image
             masks[i] = c.mask
 
-        n_workers = workers or min(8, os.cpu_count() or 2)
+        cpus = os.cpu_count() or 2
+        if processes is None:
+            processes = n > 256 and cpus > 2
         try:
-            with ThreadPoolExecutor(max_workers=n_workers) as pool:
-                for _ in tqdm(pool.map(work, range(n)), total=n, desc="canonicalise", unit="img", disable=not progress):
-                    pass
+            if processes:
+                from concurrent.futures import ProcessPoolExecutor
+
+                chunk = 32
+                starts = list(range(0, n, chunk))
+                with ProcessPoolExecutor(max_workers=workers or min(16, cpus)) as pool, tqdm(
+                    total=n, desc="canonicalise", unit="img", disable=not progress
+                ) as bar:
+                    for start, (imgs, msks) in zip(
+                        starts, pool.map(_canonicalize_chunk, [unique[i : i + chunk] for i in starts], [size] * len(starts))
+                    ):
+                        images[start : start + len(imgs)] = imgs
+                        masks[start : start + len(msks)] = msks
+                        bar.update(len(imgs))
+            else:
+                with ThreadPoolExecutor(max_workers=workers or min(8, cpus)) as pool:
+                    for _ in tqdm(pool.map(work, range(n)), total=n, desc="canonicalise", unit="img",
+                                  disable=not progress):
+                        pass
         except BaseException:
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -40,6 +40,8 @@ FIGURES = (
     "eda_histograms.png",
     "eda_ssim.png",
 )
+# Written only when longitudinal (paired) data exist.
+PAIRED_FIGURE = "eda_paired_differences.png"
 
 
 @dataclass
@@ -214,21 +216,35 @@ def run_eda(
 
     # --- SSIM between adjacent stages ----------------------------------------------------------
     ssim: dict[str, dict] = {}
+    paired_diff: dict[tuple[int, int], np.ndarray] = {}
     transitions = [(k, k + 1) for k in range(len(STAGES) - 1)]
     for k, k1 in tqdm(transitions, desc="ssim", disable=not progress):
         name = f"{STAGE_SLUGS[k]}-{STAGE_SLUGS[k1]}"
         entry: dict = {"from": STAGES[k], "to": STAGES[k1]}
         # paired: the same subject and slice at both stages (longitudinal truth)
         if long_frame is not None:
-            values = []
+            values, abs_diffs = [], []
+            size = cache.size
+            diff_sum, diff_n = np.zeros((size, size)), np.zeros((size, size))
             a_rows = long_frame[long_frame["stage_index"] == k].set_index(["subject", "slice"])["path"]
             b_rows = long_frame[long_frame["stage_index"] == k1].set_index(["subject", "slice"])["path"]
             for key in a_rows.index.intersection(b_rows.index):
                 ia, ib = cache.index_of([a_rows[key], b_rows[key]])
+                img_a, img_b = np.asarray(cache.images[ia]), np.asarray(cache.images[ib])
                 mask = np.asarray(cache.masks[ia]) | np.asarray(cache.masks[ib])
-                values.append(masked_ssim(np.asarray(cache.images[ia]), np.asarray(cache.images[ib]), mask))
+                values.append(masked_ssim(img_a, img_b, mask))
+                d = img_b.astype(np.float64) - img_a.astype(np.float64)
+                abs_diffs.append(float(np.abs(d[mask]).mean()) if mask.any() else float("nan"))
+                diff_sum += np.where(mask, d, 0.0)
+                diff_n += mask
             entry["paired_by_subject"] = _pairs_summary(values)
             entry["paired_values"] = values
+            entry["paired_mean_abs_difference"] = _pairs_summary(abs_diffs)
+            if len(values):
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    paired_diff[(k, k1)] = np.where(
+                        diff_n >= MIN_COVERAGE * len(values), diff_sum / np.maximum(diff_n, 1), np.nan
+                    )
         # unpaired: different people at adjacent stages, and the within-stage baseline
         a = sample[sample["stage_index"] == k]
         b = sample[sample["stage_index"] == k1]
@@ -315,14 +331,27 @@ def run_eda(
         pos = np.arange(len(ssim)) + (j - 1) * width
         ax.bar(pos, [m if m is not None else 0 for m in means], width,
                yerr=[s if s is not None else 0 for s in stds], label=label, capsize=3)
-        for p, m in zip(pos, means, strict=True):
-            ax.text(p, (m or 0) + 0.02, "n/a" if m is None else f"{m:.2f}", ha="center", fontsize=7)
+        for p, m, sd in zip(pos, means, stds, strict=True):
+            ax.text(p, (m or 0) + (sd or 0) + 0.02, "n/a" if m is None else f"{m:.2f}", ha="center", fontsize=7)
     ax.set_xticks(np.arange(len(ssim)), list(ssim))
     ax.set_ylabel("brain-masked SSIM")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
     ax.set_title("SSIM between adjacent stages" + ("" if long_frame is not None else " (no longitudinal data: unpaired only)"))
     save(fig, "eda_ssim.png")
+
+    if paired_diff:
+        fig, axes = plt.subplots(1, len(transitions), figsize=(3.6 * len(transitions), 3.4))
+        vmax = max(float(np.nanmax(np.abs(d))) for d in paired_diff.values() if not np.all(np.isnan(d)))
+        for ax, (k, k1) in zip(np.atleast_1d(axes), transitions, strict=True):
+            ax.axis("off")
+            d = paired_diff.get((k, k1))
+            if d is None:
+                continue
+            im = ax.imshow(d, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+            ax.set_title(f"same subject: {STAGE_SLUGS[k1]} - {STAGE_SLUGS[k]}\n(mean over {len(ssim[f'{STAGE_SLUGS[k]}-{STAGE_SLUGS[k1]}']['paired_values'])} pairs)", fontsize=7)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        save(fig, PAIRED_FIGURE)
 
     # --- summary -------------------------------------------------------------------------------
     summary = {
@@ -343,6 +372,7 @@ def run_eda(
                 "brain_intensity_std": round(st.intensity_std, 2),
                 "brain_area_px_mean": round(st.mask_area_mean, 1),
                 "brain_area_px_std": round(st.mask_area_std, 1),
+                "histogram_density": [round(float(v), 6) for v in st.histogram],
             }
             for i, st in stats.items()
         },
@@ -388,19 +418,23 @@ def _markdown(s: dict) -> str:
             f"{v['brain_intensity_std']} | {v['brain_area_px_mean']} ± {v['brain_area_px_std']} |"
         )
     lines += ["", "![mean images](eda_mean_images.png)", "", "![mean differences](eda_mean_differences.png)", "",
-              "![histograms](eda_histograms.png)", "", "## SSIM between adjacent stages (brain-masked)", ""]
+              "![histograms](eda_histograms.png)", ""]
+    if PAIRED_FIGURE in s["figures"]:
+        lines += ["Paired differences (same subject and slice, one stage apart; longitudinal truth):", "",
+                  f"![paired differences]({PAIRED_FIGURE})", ""]
+    lines += ["## SSIM between adjacent stages (brain-masked)", ""]
     if s["longitudinal"]:
         lines.append(f"Paired pairs come from the longitudinal truth `{s['longitudinal']}` (same subject, same slice).")
     else:
         lines.append("No longitudinal data: every SSIM below is **UNPAIRED** (different people); "
                      "it measures between-person variation as much as disease.")
     lines += ["", "| transition | paired (same subject) | UNPAIRED adjacent | UNPAIRED within-stage baseline | "
-              "mean-image SSIM | mean abs diff of means |", "|---|---|---|---|---:|---:|"]
+              "mean-image SSIM | mean abs diff of means | paired mean abs diff |", "|---|---|---|---|---:|---:|---|"]
     for t, e in s["ssim"].items():
         lines.append(
             f"| {t} | {_fmt(e.get('paired_by_subject'))} | {_fmt(e.get('unpaired_adjacent'))} | "
             f"{_fmt(e.get('unpaired_within_stage'))} | {e.get('mean_image_ssim', 'n/a')} | "
-            f"{e.get('mean_abs_difference', 'n/a')} |"
+            f"{e.get('mean_abs_difference', 'n/a')} | {_fmt(e.get('paired_mean_abs_difference'))} |"
         )
     lines += ["", "![ssim](eda_ssim.png)", ""]
     return "\n".join(lines)
