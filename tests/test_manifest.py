@@ -102,3 +102,12 @@ def test_no_stage_folder_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "cats").mkdir()
     with pytest.raises(ValueError, match="no stage folder"):
         build_manifest(tmp_path, progress=False)
+
+
+def test_nothing_decodable_is_a_clear_error(tmp_path: Path) -> None:
+    folder = tmp_path / "Data" / "Non Demented"
+    folder.mkdir(parents=True)
+    (folder / "OAS1_0001_MR1_mpr-1_100.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(ValueError, match="could be decoded"):
+        build_manifest(tmp_path, tmp_path / "m.csv", progress=False)
+    assert len(pd.read_csv(tmp_path / "m.skipped.csv")) == 1

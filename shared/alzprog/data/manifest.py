@@ -207,6 +207,13 @@ def build_manifest(
     for s in skipped:
         log.warning("skipped undecodable file %s (%s)", s.path, s.reason)
 
+    if not good:
+        if out_csv is not None:
+            Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame([s.__dict__ for s in skipped], columns=["path", "reason"]).to_csv(
+                skipped_csv_path(out_csv), index=False
+            )
+        raise ValueError(f"none of the {len(rows)} images under {data_root} could be decoded (first: {skipped[0].reason})")
     frame = pd.DataFrame(good, columns=[*MANIFEST_COLUMNS, "_generic"])
     n_generic = int(frame["_generic"].sum()) if len(frame) else 0
     frame = frame.drop(columns="_generic")
