@@ -28,6 +28,8 @@ def register(groups: dict[str, argparse._SubParsersAction], top: argparse._SubPa
     p.add_argument("--slices", type=int, default=8, help="axial slices per subject, indices in 100-160 (default 8)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--figures", type=Path, default=None, help="also write the documentation figures (PNG) here")
+    p.add_argument("--real", type=Path, default=None, help="a real slice to show beside a phantom slice (with --figures)")
     p.set_defaults(func=_synth)
 
 
@@ -43,4 +45,9 @@ def _synth(args: argparse.Namespace) -> int:
         print(f"error: {exc}")
         return 2
     print(summary.describe())
+    if args.figures is not None:
+        from alzprog.data.phantom import save_figures
+
+        for path in save_figures(args.out, args.figures, real_image=args.real):
+            print(f"figure: {path}")
     return 0

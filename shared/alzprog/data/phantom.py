@@ -33,6 +33,7 @@ import logging
 import math
 import multiprocessing
 import os
+import resource
 import shutil
 import time
 from collections.abc import Iterable
@@ -319,18 +320,19 @@ def _face_parts(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> dict[str, np.nda
     so a simple face is added: it never changes with the disease, it only makes the
     slices look (and mask) like the real ones.
     """
-    face = _ellipsoid(x, y, z, (0.0, 35.0, -45.0), (62.0, 78.0, 32.0), edge=0.05)
+    face = _ellipsoid(x, y, z, (0.0, 35.0, -45.0), (66.0, 78.0, 32.0), edge=0.05)
     if not face.any():
         return {"face": face, "globes": face, "fat": face, "nasal": face}
     globes = np.maximum(
-        _ellipsoid(x, y, z, (-32.0, 75.0, -32.0), (12.0, 12.0, 12.0), 0.08),
-        _ellipsoid(x, y, z, (32.0, 75.0, -32.0), (12.0, 12.0, 12.0), 0.08),
+        _ellipsoid(x, y, z, (-29.0, 74.0, -32.0), (11.5, 11.5, 11.5), 0.08),
+        _ellipsoid(x, y, z, (29.0, 74.0, -32.0), (11.5, 11.5, 11.5), 0.08),
     )
+    # orbital fat: an envelope around and behind each globe, bright on T1
     fat = np.maximum(
-        _ellipsoid(x, y, z, (-26.0, 58.0, -32.0), (14.0, 24.0, 13.0), 0.3),
-        _ellipsoid(x, y, z, (26.0, 58.0, -32.0), (14.0, 24.0, 13.0), 0.3),
+        _ellipsoid(x, y, z, (-30.0, 66.0, -32.0), (17.0, 25.0, 15.0), 0.3),
+        _ellipsoid(x, y, z, (30.0, 66.0, -32.0), (17.0, 25.0, 15.0), 0.3),
     )
-    nasal = _ellipsoid(x, y, z, (0.0, 68.0, -50.0), (12.0, 34.0, 28.0), 0.3)
+    nasal = _ellipsoid(x, y, z, (0.0, 70.0, -42.0), (12.0, 40.0, 30.0), 0.3)
     return {"face": face, "globes": globes * face, "fat": fat * face, "nasal": nasal * face}
 
 
@@ -491,11 +493,11 @@ class _SliceRenderer:
             "fat_peak": r.uniform(160, 225),
             "scalp_scale": r.uniform(0.85, 1.3),
             "halo": r.uniform(8, 16),
-            "face_level": r.uniform(55, 85),
+            "face_level": r.uniform(45, 70),
             "bias": np.exp(0.10 * _smooth_field(rng, (3, 5), (h, w))).astype(np.float32),
             "scalp_texture": (1 + 0.15 * _smooth_field(rng, (40, 80), (h, w))).astype(np.float32),
             "scalp_thickness": (1 + 0.25 * _smooth_field(rng, (5, 8), (h, w))).astype(np.float32),
-            "face_texture": _smooth_field(rng, (50, 100), (h, w)),
+            "face_texture": _smooth_field(rng, (30, 60), (h, w)),
         }
 
     def _skull_and_scalp(self) -> None:
@@ -524,7 +526,7 @@ class _SliceRenderer:
         bone_knots = np.array([0.0, 1.0, 2.4]) * s
         bone_vals = [lc, 22.0, 18.0]
         ft = sc["face_texture"]
-        tissue = sc["face_level"] * (1 + 0.35 * ft)
+        tissue = sc["face_level"] * (1 + 0.25 * ft)
         fat, globes, nasal = a.face["fat"], a.face["globes"], a.face["nasal"]
         base = a.skull & (a.face["face"] < 0.5)
         tissue = np.where(base, 28 + 30 * np.clip(ft, 0, 2), tissue)  # skull base: bone, some marrow
@@ -742,6 +744,13 @@ class SynthSummary:
     n_data_images: int
     n_longitudinal_images: int
     seconds: float
+    # CPU seconds: this process (template, CSVs, measurement, and the subjects when
+    # workers == 1), the worker processes, and the measurement alone. Wall time on a busy
+    # machine says little; parent + workers / n_workers bounds it on an idle one.
+    cpu_seconds: float = 0.0
+    worker_cpu_seconds: float = 0.0
+    measure_cpu_seconds: float = 0.0
+    workers: int = 1
     figures: dict = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -751,7 +760,8 @@ class SynthSummary:
             f"  {self.n_subjects} subjects x {self.slices_per_subject} slices {self.slices}, mix={self.mix}, seed={self.seed}",
             "  subjects per stage: " + ", ".join(f"{k}: {v}" for k, v in self.stage_counts.items()),
             f"  images: {self.n_data_images} under Data/, {self.n_longitudinal_images} under longitudinal/",
-            f"  time: {self.seconds:.1f} s",
+            f"  time: {self.seconds:.1f} s wall; CPU {self.cpu_seconds:.1f} s in this process "
+            f"(measurement {self.measure_cpu_seconds:.1f} s) + {self.worker_cpu_seconds:.1f} s in {self.workers} worker(s)",
         ]
         lines += ["  " + line for line in format_figures(self.figures)]
         return "\n".join(lines)
@@ -780,6 +790,8 @@ def synthesize(
     from tqdm import tqdm
 
     start = time.perf_counter()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not (out_dir / "longitudinal" / "longitudinal.csv").is_file():
@@ -824,7 +836,9 @@ def synthesize(
                     "acquisition": 1,
                 }
             )
+    measure0 = time.process_time()
     figures = measure_phantom(out_dir)
+    measure_cpu = time.process_time() - measure0
     params = {"n_subjects": n_subjects, "seed": seed, "mix": mix, "slices": slices}
     (out_dir / SUMMARY_NAME).write_text(json.dumps({"parameters": params, "figures": figures}, indent=2) + "\n")
     counts = stage_counts(n_subjects, mix)
@@ -833,7 +847,17 @@ def synthesize(
         stage_counts={STAGES[i]: c for i, c in enumerate(counts)}, slices=slices,
         n_data_images=n_subjects * len(slices), n_longitudinal_images=len(rows),
         seconds=round(time.perf_counter() - start, 2), figures=figures,
+        cpu_seconds=round(_cpu(resource.RUSAGE_SELF) - _cpu(cpu0), 2),
+        worker_cpu_seconds=round(_cpu(resource.RUSAGE_CHILDREN) - _cpu(kids0), 2),
+        measure_cpu_seconds=round(measure_cpu, 2), workers=workers,
     )
+
+
+def _cpu(usage: resource.struct_rusage | int) -> float:
+    """User + system CPU seconds of a ``getrusage`` result (or of ``who`` now)."""
+    if isinstance(usage, int):
+        usage = resource.getrusage(usage)
+    return usage.ru_utime + usage.ru_stime
 
 
 # ----------------------------------------------------------------------------- ground truth
@@ -1002,3 +1026,88 @@ __all__ = [
     "SynthSummary", "Template", "find_phantom_root", "load_template", "measure_phantom", "read_longitudinal",
     "stage_counts", "synthesize", "format_figures", "default_slices", "draw_subjects",
 ]
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def save_figures(root: Path | str, out_dir: Path | str, real_image: Path | str | None = None) -> list[Path]:
+    """Documentation figures of a phantom (PNG): ``phantom_vs_real.png`` (when ``real_image``
+    is given), ``phantom_progression.png`` (one subject, all stages, two levels, with the
+    change from stage 0) and ``phantom_ventricles.png`` (ventricle area by stage, every subject).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    root, out_dir = Path(root), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = read_longitudinal(root)
+    lon = root / "longitudinal"
+    subjects = sorted({r["subject"] for r in rows})
+    slices = sorted({r["slice"] for r in rows})
+    by_key = {(r["subject"], r["slice"], r["stage_index"]): r for r in rows}
+
+    def gray(path: Path) -> np.ndarray:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L"))
+
+    written = []
+    if real_image is not None:
+        real_image = Path(real_image)
+        low = min(slices, key=lambda s: abs(s - 114))
+        syn_row = by_key[(subjects[0], low, 0)]
+        fig, axes = plt.subplots(1, 2, figsize=(12, 3.4))
+        for ax, img, title in (
+            (axes[0], gray(real_image), f"real OASIS-1: {real_image.parent.name}/{real_image.name}"),
+            (axes[1], gray(lon / syn_row["path"]), f"phantom: {syn_row['subject']} slice {low}, {syn_row['stage']}"),
+        ):
+            ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+        fig.tight_layout()
+        written.append(out_dir / "phantom_vs_real.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+
+    subject = subjects[0]
+    levels = [min(slices, key=lambda s: abs(s - 118)), min(slices, key=lambda s: abs(s - 146))]
+    levels = sorted(set(levels))
+    fig, axes = plt.subplots(2 * len(levels), 4, figsize=(16, 4.2 * len(levels)))
+    axes = np.atleast_2d(axes)
+    for li, sl in enumerate(levels):
+        base = gray(lon / by_key[(subject, sl, 0)]["path"]).astype(np.float32)
+        for k in range(len(STAGES)):
+            r = by_key[(subject, sl, k)]
+            img = gray(lon / r["path"]).astype(np.float32)
+            ax = axes[2 * li, k]
+            ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"{r['stage']} (s={r['severity']:.2f}), slice {sl}", fontsize=9)
+            ax.axis("off")
+            ax = axes[2 * li + 1, k]
+            ax.imshow(img - base, cmap="RdBu_r", vmin=-60, vmax=60)
+            ax.set_title(f"minus stage 0; ventricle {r['ventricle_area_px']:.0f} px", fontsize=9)
+            ax.axis("off")
+    fig.suptitle(f"{subject}: same anatomy at the four stages (longitudinal ground truth)", fontsize=11)
+    fig.tight_layout()
+    written.append(out_dir / "phantom_progression.png")
+    fig.savefig(written[-1], dpi=80)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s in subjects:
+        area = [sum(by_key[(s, sl, k)]["ventricle_area_px"] for sl in slices) for k in range(len(STAGES))]
+        sev = [by_key[(s, slices[0], k)]["severity"] for k in range(len(STAGES))]
+        ax.plot(sev, area, "-o", ms=3, lw=0.8, alpha=0.7)
+    for k in range(1, len(STAGES)):
+        ax.axvline(k / len(STAGES), color="grey", lw=0.5, ls="--")
+    ax.set_xlabel("severity s (stage = bin of width 0.25)")
+    ax.set_ylabel("ventricle area, all slices (px)")
+    ax.set_title("ventricle area per subject across its four stages", fontsize=10)
+    fig.tight_layout()
+    written.append(out_dir / "phantom_ventricles.png")
+    fig.savefig(written[-1], dpi=100)
+    plt.close(fig)
+    return written
