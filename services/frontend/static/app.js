@@ -320,7 +320,10 @@
   }
 
   el.input.addEventListener("change", () => {
-    if (el.input.files && el.input.files[0]) chooseFile(el.input.files[0]);
+    const file = el.input.files && el.input.files[0];
+    // Cleared so that choosing the same file again fires `change` again.
+    el.input.value = "";
+    if (file) chooseFile(file);
   });
   el.form.addEventListener("submit", (event) => {
     event.preventDefault();
