@@ -154,3 +154,14 @@ def test_pairs_csv_is_restricted_to_the_side(tiny_split: Path, tmp_path: Path) -
     got = find_pairs(frames["train"], "vmd-md", csv)
     assert set(got["subject"]) == set(frames["train"]["subject"])
     assert len(find_pairs(frames["train"], "nd-vmd", csv)) == 0
+
+
+def test_norm_none_generator_has_no_running_statistics() -> None:
+    """Crop-trained ``norm: none`` U-Nets behave the same in train and eval mode (no BN state)."""
+    gen = build_model(generator_config("default", base_channels=4, norm="none"))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in gen.modules())
+    with torch.no_grad():
+        torch.nn.init.normal_(gen.head.weight, 0, 0.1)
+    x, m = _batch()
+    with torch.no_grad():
+        assert torch.equal(gen.train()(x, m), gen.eval()(x, m))

@@ -246,11 +246,10 @@ def evaluate_progression(
     ``generators`` (``{"model": {slug: module}, "dcgan": {...}}``) replaces the registry lookup
     (the ROI ablation uses it for unregistered runs).
     """
-    from alzprog.data.dataset import CanonicalCache
     from alzprog.data.split import load_split
     from alzprog.progression import chain_canonical
     from alzprog.training.common import select_device
-    from alzprog.training.progression import find_pairs
+    from alzprog.training.progression import find_pairs, split_pair_cache
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -270,7 +269,7 @@ def evaluate_progression(
     all_paths = [p for v in pairs.values() for p in (*v["source_path"], *v["target_path"])]
     if not all_paths:
         raise RuntimeError(f"no same-subject pairs on the test side of {split_dir}: nothing to compare against a true future")
-    cache = CanonicalCache.build(all_paths)
+    cache = split_pair_cache({"test": test}, pairs_csv)  # same path list every time: reused from disk
 
     def load(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
         idx = cache.index_of(paths)
@@ -481,10 +480,9 @@ def roi_ablation(
 
     from alzprog import registry
     from alzprog.artifacts import load_artifact
-    from alzprog.data.dataset import CanonicalCache
     from alzprog.data.split import load_split
     from alzprog.training.common import select_device
-    from alzprog.training.progression import find_pairs, generate, train_transition, transition_stages
+    from alzprog.training.progression import find_pairs, generate, split_pair_cache, train_transition, transition_stages
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -497,7 +495,9 @@ def roi_ablation(
         p = _subsample(p, max_pairs)
     if len(p) == 0:
         raise RuntimeError(f"no test pairs for {transition}")
-    cache = CanonicalCache.build(list(p["source_path"]) + list(p["target_path"]))
+    cache = split_pair_cache({"test": test}, pairs_csv)
+    train_frames = load_split(Path(split_dir), sides=("train", "val"))
+    train_cache = split_pair_cache(train_frames, pairs_csv)
     si, ti = cache.index_of(list(p["source_path"])), cache.index_of(list(p["target_path"]))
     s_img, s_mask = np.asarray(cache.images[si]), np.asarray(cache.masks[si])
     t_img, t_mask = np.asarray(cache.images[ti]), np.asarray(cache.masks[ti])
@@ -505,7 +505,7 @@ def roi_ablation(
     for roi in (False, True):
         label = "with ROI" if roi else "without ROI"
         res = train_transition(split_dir, transition, dict(cfg, variant="default", roi=roi), pairs_csv=pairs_csv,
-                               out_dir=out / ("roi" if roi else "no_roi"), register=False)
+                               out_dir=out / ("roi" if roi else "no_roi"), register=False, frames=train_frames, cache=train_cache)
         model = load_artifact(res.artifact_dir, device=dev).model
         pred = generate(model, s_img, s_mask, dev)
         m = im.summarize(im.pixel_metrics(pred, t_img, s_mask | t_mask))

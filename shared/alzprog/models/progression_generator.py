@@ -47,6 +47,7 @@ class GeneratorConfig:
     depth: int = 3  # number of stride-2 downsamplings in the U-Net
     max_change: float = 1.0  # bound of the per-pixel change (tanh-scaled), in [-1, 1] units
     image_size: int = 256  # canonical size the model was trained for (fully convolutional)
+    norm: str = "batch"  # U-Net normalisation: "batch" or "none" (no train/eval gap when training on crops)
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> "GeneratorConfig":
@@ -122,11 +123,21 @@ class DCGANDiscriminator(nn.Module):
 # --------------------------------------------------------------------------- default (ours)
 
 
-def conv_block(cin: int, cout: int) -> nn.Sequential:
-    """Two 3x3 convolutions with batch norm and ReLU (one U-Net stage)."""
+def norm_layer(norm: str, channels: int) -> nn.Module:
+    """Batch norm, or nothing (``none``): a crop-trained net then behaves the same on whole frames."""
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {norm!r}; expected 'batch' or 'none'")
+
+
+def conv_block(cin: int, cout: int, norm: str = "batch") -> nn.Sequential:
+    """Two 3x3 convolutions with normalisation and ReLU (one U-Net stage)."""
+    bias = norm == "none"
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True),
-        nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True),
+        nn.Conv2d(cin, cout, 3, 1, 1, bias=bias), norm_layer(norm, cout), nn.ReLU(True),
+        nn.Conv2d(cout, cout, 3, 1, 1, bias=bias), norm_layer(norm, cout), nn.ReLU(True),
     )
 
 
@@ -139,25 +150,26 @@ class ResidualUNetGenerator(nn.Module):
     changes. The mask is also an input channel, so the network knows where the brain ends.
     """
 
-    def __init__(self, base_channels: int = 32, depth: int = 3, max_change: float = 1.0) -> None:
+    def __init__(self, base_channels: int = 32, depth: int = 3, max_change: float = 1.0, norm: str = "batch") -> None:
         super().__init__()
         self.max_change = float(max_change)
         chans = [base_channels * 2**i for i in range(depth + 1)]
-        self.stem = conv_block(2, chans[0])
+        bias = norm == "none"
+        self.stem = conv_block(2, chans[0], norm)
         self.downs = nn.ModuleList(
             nn.Sequential(
-                nn.Conv2d(chans[i], chans[i + 1], 4, 2, 1, bias=False), nn.BatchNorm2d(chans[i + 1]), nn.ReLU(True),
-                conv_block(chans[i + 1], chans[i + 1]),
+                nn.Conv2d(chans[i], chans[i + 1], 4, 2, 1, bias=bias), norm_layer(norm, chans[i + 1]), nn.ReLU(True),
+                conv_block(chans[i + 1], chans[i + 1], norm),
             )
             for i in range(depth)
         )
         self.ups = nn.ModuleList(
             nn.Sequential(
-                nn.ConvTranspose2d(chans[i + 1], chans[i], 4, 2, 1, bias=False), nn.BatchNorm2d(chans[i]), nn.ReLU(True)
+                nn.ConvTranspose2d(chans[i + 1], chans[i], 4, 2, 1, bias=bias), norm_layer(norm, chans[i]), nn.ReLU(True)
             )
             for i in reversed(range(depth))
         )
-        self.merges = nn.ModuleList(conv_block(2 * chans[i], chans[i]) for i in reversed(range(depth)))
+        self.merges = nn.ModuleList(conv_block(2 * chans[i], chans[i], norm) for i in reversed(range(depth)))
         self.head = nn.Conv2d(chans[0], 1, 3, 1, 1)
         nn.init.zeros_(self.head.weight)  # identity at initialisation
         nn.init.zeros_(self.head.bias)
@@ -237,7 +249,7 @@ def build_generator(config: dict[str, Any]) -> nn.Module:
     if cfg.variant == "dcgan":
         return DCGANGenerator()
     if cfg.variant == "default":
-        return ResidualUNetGenerator(cfg.base_channels, cfg.depth, cfg.max_change)
+        return ResidualUNetGenerator(cfg.base_channels, cfg.depth, cfg.max_change, cfg.norm)
     raise ValueError(f"unknown progression generator variant {cfg.variant!r}; expected one of {VARIANTS}")
 
 

@@ -153,12 +153,13 @@ class PairData:
     subjects: list[str] = field(default_factory=list)
 
 
-def load_pair_data(pairs: pd.DataFrame, *, progress: bool = True) -> PairData:
-    """Canonicalise every image of the pairs once (the shared ``CanonicalCache``)."""
+def load_pair_data(pairs: pd.DataFrame, *, progress: bool = True, cache: Any = None) -> PairData:
+    """Canonicalise every image of the pairs once (the shared ``CanonicalCache``; pass ``cache``
+    to reuse one built over several transitions)."""
     from alzprog.data.dataset import CanonicalCache
 
-    paths = list(pairs["source_path"]) + list(pairs["target_path"])
-    cache = CanonicalCache.build(paths, progress=progress)
+    if cache is None:
+        cache = CanonicalCache.build(list(pairs["source_path"]) + list(pairs["target_path"]), progress=progress)
     si, ti = cache.index_of(list(pairs["source_path"])), cache.index_of(list(pairs["target_path"]))
     return PairData(
         source=np.asarray(cache.images[si]), target=np.asarray(cache.images[ti]),
@@ -283,7 +284,8 @@ def plot_loss_curves(history: list[dict[str, Any]], path: Path) -> Path:
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -319,6 +321,7 @@ def _model_config(cfg: dict[str, Any], transition: str) -> dict[str, Any]:
         base_channels=int(cfg["base_channels"]),
         depth=int(cfg["depth"]),
         max_change=float(cfg.get("max_change", 1.0)),
+        norm=str(cfg.get("norm", "batch")),
         image_size=int(cfg.get("image_size", 256)),
         roi=bool(cfg["roi"]),
         disc_channels=int(cfg.get("disc_channels", 32)),
@@ -349,6 +352,7 @@ def train_transition(
     promote: bool = False,
     ctx: Any = None,
     frames: dict[str, pd.DataFrame] | None = None,
+    cache: Any = None,
 ) -> TransitionResult:
     """Train one transition generator, log it to MLflow, save the code-free artifact and register it.
 
@@ -365,7 +369,7 @@ def train_transition(
     from alzprog.data.split import load_split
     from alzprog.models.progression_generator import build_discriminator, build_generator, init_dcgan_weights, stack_input
     from alzprog.paths import data_home
-    from alzprog.training.common import DistContext, autocast_context, environment_info, seed_everything
+    from alzprog.training.common import DistContext, environment_info, seed_everything
     from alzprog.training.config import save_config
 
     t_start = time.monotonic()
@@ -387,7 +391,7 @@ def train_transition(
     paired = len(train_pairs) > 0
     show = ctx.is_main and bool(cfg.get("progress", True))
     if paired:
-        data = load_pair_data(train_pairs, progress=show)
+        data = load_pair_data(train_pairs, progress=show, cache=cache)
     else:
         src_frame, tgt_frame = unpaired_sets(frames["train"], transition)
         if len(src_frame) == 0 or len(tgt_frame) == 0:
@@ -399,7 +403,7 @@ def train_transition(
     if len(val_pairs) > 0:
         cap = int(cfg.get("val_max_pairs", 64))
         idx = np.linspace(0, len(val_pairs) - 1, min(cap, len(val_pairs))).round().astype(int)
-        val_data = load_pair_data(val_pairs.iloc[np.unique(idx)].reset_index(drop=True), progress=show)
+        val_data = load_pair_data(val_pairs.iloc[np.unique(idx)].reset_index(drop=True), progress=show, cache=cache)
 
     model_cfg = _model_config(cfg, transition)
     gen = build_generator(model_cfg).to(device)
@@ -474,39 +478,10 @@ def train_transition(
                     x, m, y, ym = random_crops([x, m, y, ym], crop, rng)
                 x, m, y, ym = (t.to(device, non_blocking=True) for t in (x, m, y, ym))
 
-                with autocast_context(device, use_amp):
-                    fake = gen(x, m)
-                    # Paired: the conditional D judges (input, future) vs (input, generated).
-                    # Unpaired: no true (input, future) pair exists, so it judges each image alone.
-                    real_cond, fake_cond = (x, x) if data.paired else (y, fake.detach())
-                    # One forward over real + fake (DDP allows one forward per backward).
-                    d_out = disc(torch.cat([real_cond, fake_cond]), torch.cat([y, fake.detach()]), torch.cat([ym, m]))
-                    d_real, d_fake = d_out[: len(x)], d_out[len(x) :]
-                w_real = _patch_w(ym, d_real) if roi else None
-                w_fake = _patch_w(m, d_fake) if roi else None
-                d_loss = 0.5 * (adversarial_loss(d_real, True, w_real) + adversarial_loss(d_fake, False, w_fake))
-                opt_d.zero_grad(set_to_none=True)
-                scaler.scale(d_loss).backward()
-                scaler.step(opt_d)
-
-                with autocast_context(device, use_amp):
-                    g_logits = disc(x if data.paired else fake, fake, m)
-                g_adv = adversarial_loss(g_logits, True, w_fake)
-                g_loss = lambda_adv * g_adv
-                parts = {"g_adv": g_adv.item(), "d_loss": d_loss.item()}
-                if lambda_l1 > 0 and data.paired:
-                    g_l1 = masked_l1(fake.float(), y.float(), m)
-                    g_loss = g_loss + lambda_l1 * g_l1
-                    parts["g_l1"] = g_l1.item()
-                if lambda_id > 0:
-                    g_id = masked_l1(fake.float(), x.float(), m)
-                    g_loss = g_loss + lambda_id * g_id
-                    parts["g_identity"] = g_id.item()
-                opt_g.zero_grad(set_to_none=True)
-                scaler.scale(g_loss).backward()
-                scaler.step(opt_g)
-                scaler.update()
-
+                parts = gan_step(
+                    gen, disc, opt_g, opt_d, scaler, x, m, y, ym, paired=data.paired, roi=roi, lambda_adv=lambda_adv,
+                    lambda_l1=lambda_l1, lambda_id=lambda_id, device=device, use_amp=use_amp,
+                )
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n_batches += 1
@@ -523,7 +498,11 @@ def train_transition(
             train_seconds += time.monotonic() - t_epoch
             row: dict[str, Any] = {"epoch": epoch, "step": step, **{k: v / max(1, n_batches) for k, v in sums.items()}}
             if ctx.is_main and val_data is not None:
-                row.update(_validate(_unwrap(gen), val_data, device, out, epoch))
+                # A few pairs per epoch (curves + sample grid); the full validation set once at the end.
+                last = stop or epoch == epochs
+                n_val = len(val_data.source) if last else int(cfg.get("val_epoch_pairs", 8))
+                row.update(_validate(_unwrap(gen), _head(val_data, n_val), device, out, epoch))
+                row["val_pairs"] = min(n_val, len(val_data.source))
                 mlflow.log_artifact(str(out / "samples" / f"epoch_{epoch:03d}.png"), artifact_path="samples")
             history.append(row)
             if ctx.is_main:
@@ -572,6 +551,74 @@ def train_transition(
             mlflow.end_run()
 
 
+def gan_step(
+    gen: nn.Module,
+    disc: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    x: torch.Tensor,
+    m: torch.Tensor,
+    y: torch.Tensor,
+    ym: torch.Tensor,
+    *,
+    paired: bool,
+    roi: bool,
+    lambda_adv: float,
+    lambda_l1: float,
+    lambda_id: float,
+    device: torch.device,
+    use_amp: bool,
+) -> dict[str, float]:
+    """One discriminator update then one generator update; returns the loss parts.
+
+    ``x``/``m``: inputs and their brain masks; ``y``/``ym``: the true future (paired) or
+    target-stage images of other people (unpaired) and their masks.
+    """
+    from alzprog.training.common import autocast_context
+
+    with autocast_context(device, use_amp):
+        fake = gen(x, m)
+        # Paired: the conditional D judges (input, future) vs (input, generated).
+        # Unpaired: no true (input, future) pair exists, so it judges each image alone.
+        real_cond, fake_cond = (x, x) if paired else (y, fake.detach())
+        # One forward over real + fake (DDP allows one forward per backward).
+        d_out = disc(torch.cat([real_cond, fake_cond]), torch.cat([y, fake.detach()]), torch.cat([ym, m]))
+        d_real, d_fake = d_out[: len(x)], d_out[len(x) :]
+    w_real = _patch_w(ym, d_real) if roi else None
+    w_fake = _patch_w(m, d_fake) if roi else None
+    d_loss = 0.5 * (adversarial_loss(d_real, True, w_real) + adversarial_loss(d_fake, False, w_fake))
+    opt_d.zero_grad(set_to_none=True)
+    scaler.scale(d_loss).backward()
+    scaler.step(opt_d)
+
+    with autocast_context(device, use_amp):
+        g_logits = disc(x if paired else fake, fake, m)
+    g_adv = adversarial_loss(g_logits, True, w_fake)
+    g_loss = lambda_adv * g_adv
+    parts = {"g_adv": g_adv.detach(), "d_loss": d_loss.detach()}
+    if lambda_l1 > 0 and paired:
+        g_l1 = masked_l1(fake.float(), y.float(), m)
+        g_loss = g_loss + lambda_l1 * g_l1
+        parts["g_l1"] = g_l1.detach()
+    if lambda_id > 0:
+        g_id = masked_l1(fake.float(), x.float(), m)
+        g_loss = g_loss + lambda_id * g_id
+        parts["g_identity"] = g_id.detach()
+    opt_g.zero_grad(set_to_none=True)
+    scaler.scale(g_loss).backward()
+    scaler.step(opt_g)
+    scaler.update()
+    return {k: float(v) for k, v in parts.items()}
+
+
+def _head(data: PairData, n: int) -> PairData:
+    """The first ``n`` pairs (a fixed subset, so per-epoch figures are comparable)."""
+    if n >= len(data.source):
+        return data
+    return PairData(data.source[:n], data.target[:n], data.source_mask[:n], data.target_mask[:n], data.paired, data.weights[:n])
+
+
 def _patch_w(mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     from alzprog.models.progression_generator import patch_weights
 
@@ -598,6 +645,24 @@ def _validate(gen: nn.Module, val: PairData, device: torch.device, out: Path, ep
     return res
 
 
+def split_pair_cache(frames: dict[str, pd.DataFrame], pairs_csv: Path | str | None = None, *, progress: bool = True) -> Any:
+    """One canonical cache over every paired image of the given sides, all transitions.
+
+    The path list depends only on the split, so every later run on it (all transitions, the
+    dcgan baseline, the ROI ablation) reopens the same persisted cache instead of recomputing.
+    Returns None when there are no pairs (the unpaired path builds its own).
+    """
+    from alzprog.data.dataset import CanonicalCache
+
+    paths: list[str] = []
+    for frame in frames.values():
+        for slug in TRANSITION_SLUGS:
+            p = find_pairs(frame, slug, pairs_csv)
+            paths += list(p["source_path"]) + list(p["target_path"])
+    paths = sorted(set(paths))
+    return CanonicalCache.build(paths, progress=progress) if paths else None
+
+
 def train(
     split_dir: Path | str,
     transition: str,
@@ -614,13 +679,80 @@ def train(
 
     ctx = DistContext.from_env(cfg.get("device", "auto"))
     frames = load_split(Path(split_dir), sides=("train", "val"))
+    cache = split_pair_cache(frames, pairs_csv, progress=ctx.is_main and bool(cfg.get("progress", True)))
     results = []
     try:
         for t in expand_transitions(transition):
             sub = Path(out_dir) / t if out_dir else None
             results.append(
-                train_transition(split_dir, t, cfg, pairs_csv=pairs_csv, out_dir=sub, register=register, promote=promote, ctx=ctx, frames=frames)
+                train_transition(split_dir, t, cfg, pairs_csv=pairs_csv, out_dir=sub, register=register, promote=promote,
+                                 ctx=ctx, frames=frames, cache=cache)
             )
     finally:
         ctx.cleanup()
     return results
+
+
+def throughput_run(
+    arrays: dict[str, np.ndarray],
+    cfg: dict[str, Any],
+    seconds: float,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Train one transition generator on in-memory pairs for ``seconds``; measure images/second.
+
+    For accelerator checks where MLflow is not installed: ``arrays`` holds ``source``, ``target``
+    (uint8 N x H x W), ``source_mask`` (bool) and optionally ``val_*`` of the same; the step is
+    :func:`gan_step`, the same as in :func:`train_transition`. Batches are assembled on the device,
+    so the figure is the model's training throughput, not the data loader's.
+    """
+    from alzprog.models.progression_generator import build_discriminator, build_generator, init_dcgan_weights
+    from alzprog.training.common import select_device
+
+    dev = select_device(device)
+    cfg = dict(cfg)
+    model_cfg = _model_config(cfg, cfg.get("transition", "nd-vmd"))
+    gen, disc = build_generator(model_cfg).to(dev), build_discriminator(model_cfg).to(dev)
+    disc.apply(init_dcgan_weights)
+    betas = (float(cfg.get("beta1", 0.5)), float(cfg.get("beta2", 0.999)))
+    opt_g = torch.optim.Adam(gen.parameters(), lr=float(cfg["lr"]), betas=betas)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=float(cfg["lr"]), betas=betas)
+    use_amp = bool(cfg.get("amp", True)) and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+    x_all = torch.as_tensor(arrays["source"], device=dev).float().div(127.5).sub(1).unsqueeze(1)
+    y_all = torch.as_tensor(arrays["target"], device=dev).float().div(127.5).sub(1).unsqueeze(1)
+    m_all = torch.as_tensor(arrays["source_mask"], device=dev).float().unsqueeze(1)
+    bs, crop = int(cfg["batch_size"]), int(cfg.get("crop_size") or 256)
+    g = torch.Generator(device="cpu").manual_seed(int(cfg.get("seed", 0)))
+    steps, images, t0 = 0, 0, None
+    start = time.monotonic()
+    gen.train()
+    disc.train()
+    while time.monotonic() - start < seconds:
+        idx = torch.randint(0, len(x_all), (bs,), generator=g).to(dev)
+        x, y, m = x_all[idx], y_all[idx], m_all[idx]
+        if crop < x.shape[-1]:
+            top, left = (int(v) for v in torch.randint(0, x.shape[-1] - crop + 1, (2,), generator=g))
+            x, y, m = (t[..., top : top + crop, left : left + crop] for t in (x, y, m))
+        parts = gan_step(gen, disc, opt_g, opt_d, scaler, x, m, y, m, paired=True, roi=bool(cfg["roi"]),
+                         lambda_adv=float(cfg["lambda_adv"]), lambda_l1=float(cfg["lambda_l1"]), lambda_id=0.0,
+                         device=dev, use_amp=use_amp)
+        steps += 1
+        if steps == 5:  # skip warm-up (cuDNN autotuning, allocator growth)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0, images = time.monotonic(), 0
+        elif t0 is not None:
+            images += bs
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.monotonic() - (t0 or start)
+    result: dict[str, Any] = {"steps": steps, "images_per_second": images / elapsed if t0 else None, "last_losses": parts,
+                              "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
+                              "batch_size": bs, "crop_size": crop, "amp": use_amp}
+    if "val_source" in arrays:
+        pred = generate(gen, arrays["val_source"], arrays["val_source_mask"], dev)
+        mask = arrays["val_source_mask"] | arrays["val_target_mask"]
+        result["val_model"] = brain_metrics(pred, arrays["val_target"], mask)
+        result["val_identity"] = brain_metrics(arrays["val_source"], arrays["val_target"], mask)
+    return result
