@@ -9,7 +9,10 @@
   ``delay_s`` later, so a response in several chunks is delayed once, not once per chunk);
 - ``blackhole``: accept, read everything, forward nothing, answer nothing, never close;
 - ``drop``: close every connection at once (new ones right after accept, open ones at their
-  next chunk) with a TCP reset, like a backend that crashes mid-request.
+  next chunk) with a TCP reset, like a backend that crashes mid-request;
+- ``refuse``: the process is gone: open connections are reset and the listening port is
+  closed, so new connections get "connection refused"; leaving ``refuse`` listens again on
+  the same port (a restarted server).
 
 It runs its own asyncio loop in a daemon thread, so synchronous tests (httpx, TestClient,
 subprocesses) can use it. It counts accepted connections (with their accept times, for the
@@ -25,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-MODES = ("pass", "delay", "blackhole", "drop")
+MODES = ("pass", "delay", "blackhole", "drop", "refuse")
 
 
 @dataclass
@@ -64,7 +67,11 @@ class FaultProxy:
             raise ValueError(f"mode must be one of {MODES}")
         if delay_s is not None:
             self.delay_s = delay_s
+        was = self.mode
         self.mode = mode
+        if self._loop is not None and (mode == "refuse") != (was == "refuse"):
+            action = self._close_port() if mode == "refuse" else self._listen()
+            asyncio.run_coroutine_threadsafe(action, self._loop).result(timeout=10)
 
     def reset_stats(self) -> None:
         self.stats = ProxyStats()
@@ -99,14 +106,25 @@ class FaultProxy:
         self._loop = loop
         asyncio.set_event_loop(loop)
 
-        async def boot() -> None:
-            self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=256)
-            self.port = self._server.sockets[0].getsockname()[1]
-
-        loop.run_until_complete(boot())
+        loop.run_until_complete(self._listen())
+        if self.mode == "refuse":
+            loop.run_until_complete(self._close_port())
         self._ready.set()
         loop.run_forever()
         loop.close()
+
+    async def _listen(self) -> None:
+        # Port 0 the first time, then the same port again (SO_REUSEADDR is asyncio's default).
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, backlog=256)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _close_port(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for w in list(self._writers):
+            _abort(w)
+        self._writers.clear()
 
     async def _shutdown(self) -> None:
         if self._server is not None:
@@ -119,7 +137,7 @@ class FaultProxy:
         self.stats.accepted += 1
         self.stats.accept_times.append(time.monotonic())
         self._writers.add(writer)
-        if self.mode == "drop":
+        if self.mode in ("drop", "refuse"):
             _abort(writer)
             self._writers.discard(writer)
             return
@@ -141,7 +159,7 @@ class FaultProxy:
         for t in tasks:
             t.cancel()
         for w in (writer, up_writer):
-            if self.mode == "drop":
+            if self.mode in ("drop", "refuse"):
                 _abort(w)
             else:
                 w.close()
@@ -182,7 +200,7 @@ class FaultProxy:
         try:
             while True:
                 data = await src.read(65536)
-                if not data or self.mode == "drop":
+                if not data or self.mode in ("drop", "refuse"):
                     break
                 delay = self.delay_s if (self.mode == "delay" and not up) else 0.0
                 await queue.put((time.monotonic() + delay, data))
