@@ -60,6 +60,19 @@ def upload_request(path: str, data: bytes, form: dict[str, str] | None = None) -
     return RequestSpec("POST", path, {"files": {"file": ("slice.png", data, "image/png")}, "data": form or {}})
 
 
+def _generator_request(upload: bytes) -> RequestSpec:
+    """``POST /v1/progress?from_stage=0`` of the generator service with the canonical image + mask."""
+    from alzprog.bench.stack import services_importable
+    from alzprog.preprocessing import load_canonical
+
+    services_importable()
+    from services.common.wire import encode_canonical
+
+    c = load_canonical(upload)
+    body, headers = encode_canonical(c.image, c.mask)
+    return RequestSpec("POST", "/v1/progress", {"content": body, "headers": headers, "params": {"from_stage": "0"}})
+
+
 def _cached_is(expected: bool, steps: int | None = None):  # noqa: ANN202
     def check(resp: Any) -> bool:
         body = resp.json()
@@ -116,9 +129,10 @@ def run(stack: BenchStack, *, quick: bool = False, repeats: int = 30) -> tuple[l
     n_prog = 2 if quick else max(6, repeats // 3)
     warm = 1 if quick else 3
     upload = sample_upload()
-    uploads = unique_uploads(upload, warm + n_miss + warm + n_prog + 2)
-    miss_pool = uploads[: warm + n_miss]
-    prog_pool = uploads[warm + n_miss :]
+    n_pool = warm + max(n_miss, n_prog)
+    uploads = unique_uploads(upload, 3 * n_pool + 1)
+    # Three disjoint pools: an upload used once is cached, so each miss series needs its own.
+    miss_pool, prog_pool, prog2_pool = (uploads[k * n_pool:(k + 1) * n_pool] for k in range(3))
     rows: list[Measurement] = []
     try:
         # /predict miss: request i (warm-up ones negative) gets its own upload.
@@ -135,10 +149,32 @@ def run(stack: BenchStack, *, quick: bool = False, repeats: int = 30) -> tuple[l
         stats = run_load(gw, lambda i: upload_request("/progression", prog_pool[i + warm if i >= 0 else -i - 1]),
                          concurrency=1, n_requests=n_prog, warmup=warm, check=_cached_is(False, steps=3))
         rows.append(measurement("gateway", "/progression c1", "alzprog gateway", stats, unit="request",
-                                baseline="original eager pipeline", note="classify + 3 generator steps, cache miss"))
+                                baseline="original eager pipeline", note="classify, then 3 generator steps; cache miss"))
+        if not quick:
+            # The same with the start stage given: the gateway then classifies and generates at once.
+            stats = run_load(gw, lambda i: upload_request("/progression", prog2_pool[i + warm if i >= 0 else -i - 1],
+                                                          {"from_stage": "Non Demented"}),
+                             concurrency=1, n_requests=n_prog, warmup=warm, check=_cached_is(False, steps=3))
+            rows.append(measurement("gateway", "/progression c1", "alzprog gateway, from_stage given", stats,
+                                    unit="request", baseline="original eager pipeline",
+                                    note="classify and 3 generator steps in parallel; cache miss"))
+            # Where the time goes: the generator chain alone, straight to the generator service.
+            gen_spec = _generator_request(upload)
+            stats = run_load(stack.procs["generator"].url, lambda i: gen_spec, concurrency=1, n_requests=n_prog,
+                             warmup=warm)
+            rows.append(measurement("gateway", "/progression c1", "generator service alone", stats, unit="request",
+                                    baseline="original eager pipeline",
+                                    note="POST /v1/progress from Non Demented: 3 steps, PNG out, no gateway"))
     finally:
         deleted = delete_prefix(url, prefix)
         log.info("deleted %d bench keys under %s", deleted, prefix)
+
+    # Where a cache hit's time goes: decoding and canonicalising the upload (the key needs the pixels).
+    from alzprog.preprocessing import load_canonical
+
+    stats = time_callable(lambda: load_canonical(hot), warmup=warm, repeats=n_miss)
+    rows.append(measurement("gateway", "/predict c1", "in-process decode + canonicalise", stats, unit="request",
+                            baseline="cache miss", note="the floor of a hit: the cache key is the canonical pixels' SHA-256"))
 
     # The original-style pipeline, same uploads, in this process.
     pipeline = OriginalPipeline(tiny=quick)

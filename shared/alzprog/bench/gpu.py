@@ -95,10 +95,10 @@ def inference_rows(name: str, model: nn.Module, example: Callable[[int], torch.T
 def training_rows(steps: int = 20) -> list[dict[str, Any]]:
     """AMP training images/s of the ``full`` presets (classifier and generator), data on the GPU."""
     from alzprog.bench import forward
-    from alzprog.models.progression_generator import build_discriminator, build_generator, patch_weights
+    from alzprog.models.progression_generator import build_discriminator, build_generator
     from alzprog.training.common import autocast_context
     from alzprog.training.config import load_config
-    from alzprog.training.progression import adversarial_loss, masked_l1
+    from alzprog.training.progression import gan_step
 
     dev = torch.device("cuda")
     rows = []
@@ -131,24 +131,15 @@ def training_rows(steps: int = 20) -> list[dict[str, Any]]:
     img, m = xg[:, :1], xg[:, 1:]
     tgt = img.flip(-1)
 
-    def gan_step() -> None:
-        with autocast_context(dev, True):
-            fake = gen(img, m)
-            d_out = disc(torch.cat([img, img]), torch.cat([tgt, fake.detach()]), torch.cat([m, m]))
-        d_real, d_fake = d_out[:bs], d_out[bs:]
-        w = patch_weights(m, d_real)
-        d_loss = 0.5 * (adversarial_loss(d_real, True, w) + adversarial_loss(d_fake, False, w))
-        od.zero_grad(set_to_none=True)
-        d_loss.backward()
-        od.step()
-        with autocast_context(dev, True):
-            g_logits = disc(img, fake, m)
-        g_loss = adversarial_loss(g_logits, True, w) + 100 * masked_l1(fake.float(), tgt, m) + 10 * masked_l1(fake.float(), img, m)
-        og.zero_grad(set_to_none=True)
-        g_loss.backward()
-        og.step()
+    scaler = torch.amp.GradScaler("cuda", enabled=not torch.cuda.is_bf16_supported())
+    lam = (float(pcfg["lambda_adv"]), float(pcfg["lambda_l1"]), float(pcfg["lambda_identity"]))
 
-    rows.append(_row("training", "generator full (U-Net 256 + ROI PatchGAN)", "torch CUDA AMP", bs, _timed(gan_step, 3, steps)))
+    def step() -> None:
+        # The trainer's own step under the trainer's AMP policy.
+        gan_step(gen, disc, og, od, scaler, img, m, tgt, m, paired=True, roi=bool(pcfg["roi"]), lambda_adv=lam[0],
+                 lambda_l1=lam[1], lambda_id=lam[2], device=dev, use_amp=True)
+
+    rows.append(_row("training", "generator full (U-Net 256 + ROI PatchGAN)", "torch CUDA AMP", bs, _timed(step, 3, steps)))
     return rows
 
 

@@ -8,8 +8,8 @@ and ``alzprog.training.progression.train_transition``), on the production archit
   persisted ``CanonicalCache`` through a ``DataLoader`` with the subject-balanced sampler and
   the ``full`` preset's workers (capped to the CPUs). *In memory*: the same inputs prepared
   once as one tensor and indexed per step.
-- generator: the ``full`` preset's U-Net with its ROI conditional PatchGAN, one
-  discriminator and one generator update per step (adversarial + L1 + identity losses).
+- generator: the ``full`` preset's U-Net with its ROI conditional PatchGAN and the trainer's
+  own ``gan_step`` (one discriminator and one generator update: adversarial + L1 + identity).
   *Pipeline*: sample indices, ``to_generator_tensors`` from the canonical uint8 arrays (what
   the trainer does every step). *In memory*: the tensors converted once and indexed.
 
@@ -159,9 +159,9 @@ def generator_rates(frame: pd.DataFrame, *, batch_size: int, n_steps: int, warmu
     """Images/s of the paired GAN step fed by ``to_generator_tensors`` per step vs from memory."""
     from alzprog.bench import forward
     from alzprog.data.dataset import CanonicalCache
-    from alzprog.models.progression_generator import build_discriminator, build_generator, patch_weights
+    from alzprog.models.progression_generator import build_discriminator, build_generator
     from alzprog.training.config import load_config
-    from alzprog.training.progression import adversarial_loss, masked_l1, to_generator_tensors
+    from alzprog.training.progression import gan_step, to_generator_tensors
 
     preset = load_config("progression", "full")
     cache = CanonicalCache.build(list(frame["path"].astype(str)), size=256, progress=False)
@@ -177,21 +177,14 @@ def generator_rates(frame: pd.DataFrame, *, batch_size: int, n_steps: int, warmu
     opt_d = torch.optim.Adam(disc.parameters(), lr=float(preset["lr"]), betas=betas)
     lam_adv, lam_l1, lam_id = float(preset["lambda_adv"]), float(preset["lambda_l1"]), float(preset["lambda_identity"])
 
+    scaler = torch.amp.GradScaler("cuda", enabled=False)  # no AMP on CPU, as in the trainer
+    cpu = torch.device("cpu")
+
     def step(batch: tuple[torch.Tensor, ...]) -> None:
+        # The trainer's own step: one discriminator update, then one generator update.
         x, m, y, ym = batch
-        fake = gen(x, m)
-        d_out = disc(torch.cat([x, x]), torch.cat([y, fake.detach()]), torch.cat([ym, m]))
-        d_real, d_fake = d_out[: len(x)], d_out[len(x):]
-        w_real, w_fake = patch_weights(ym, d_real), patch_weights(m, d_fake)
-        d_loss = 0.5 * (adversarial_loss(d_real, True, w_real) + adversarial_loss(d_fake, False, w_fake))
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-        g_loss = lam_adv * adversarial_loss(disc(x, fake, m), True, w_fake)
-        g_loss = g_loss + lam_l1 * masked_l1(fake, y, m) + lam_id * masked_l1(fake, x, m)
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
+        gan_step(gen, disc, opt_g, opt_d, scaler, x, m, y, m, paired=True, roi=bool(preset.get("roi", True)),
+                 lambda_adv=lam_adv, lambda_l1=lam_l1, lambda_id=lam_id, device=cpu, use_amp=False)
 
     rng = np.random.default_rng(4)
 
