@@ -244,6 +244,30 @@ def test_body_limit_413_before_reading_also_chunked_and_exact_limit_accepted(mak
     assert chunked.status_code == 413
 
 
+@pytest.mark.parametrize(
+    "kind",
+    ["crlf-flood", "huge-part-header", "many-fields", "no-boundary"],
+)
+def test_multipart_abuse_is_refused_quickly_with_4xx(make_gateway, kind):
+    gw = make_gateway()
+    b = "xyz"
+    ctype = f"multipart/form-data; boundary={b}"
+    part = f'--{b}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\nabc\r\n--{b}--\r\n'
+    bodies = {
+        "crlf-flood": b"\r\n" * 500_000 + part.encode(),  # 1 MB of CR/LF before the boundary
+        "huge-part-header": f'--{b}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\nX-Junk: {"A" * 200_000}\r\n\r\nabc\r\n--{b}--\r\n'.encode(),
+        "many-fields": ("".join(f'--{b}\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\nv\r\n' for i in range(2000)) + f"--{b}--\r\n").encode(),
+        "no-boundary": part.encode(),
+    }
+    headers = {"Content-Type": "multipart/form-data" if kind == "no-boundary" else ctype}
+    t0 = time.perf_counter()
+    r = gw.post("/predict", content=bodies[kind], headers=headers)
+    elapsed = time.perf_counter() - t0
+    assert r.status_code == 400, r.text
+    assert set(r.json()["error"]) == {"code", "message"}
+    assert elapsed < 1.0, f"{kind} took {elapsed:.2f}s"
+
+
 def test_malformed_content_length_is_400(make_gateway):
     gw = make_gateway()
     r = gw.post("/predict", content=b"abc", headers={"Content-Length": "3x", "Content-Type": "multipart/form-data; boundary=x"})

@@ -12,6 +12,11 @@ then hands a replaying ``receive`` to the app:
 Because the app sees the body only once it is complete and within the limit, nothing large
 is ever spooled to disk by the multipart parser, and the handler never runs for an oversized
 request. Exactly ``max_bytes`` is accepted.
+
+Multipart bodies whose first boundary does not start within ``multipart_preamble_max`` bytes
+are refused with 400 ``malformed_multipart`` before the multipart parser sees them: browsers and
+HTTP clients never send a preamble, and a long one (a CR/LF flood) costs the parser seconds of
+CPU per megabyte.
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ _BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 class BodyLimitMiddleware:
     """Refuse request bodies over ``max_bytes`` (413) and malformed lengths (400)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout: float = 30.0) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout: float = 30.0, multipart_preamble_max: int = 1024) -> None:
         self.app = app
         self.max_bytes = int(max_bytes)
         self.read_timeout = float(read_timeout)
+        self.multipart_preamble_max = int(multipart_preamble_max)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") not in _BODY_METHODS:
@@ -81,6 +87,9 @@ class BodyLimitMiddleware:
             return
 
         payload = b"".join(chunks)
+        if not _multipart_starts_early(scope, payload, self.multipart_preamble_max):
+            await error_response(400, "malformed_multipart", "multipart body must start with its boundary")(scope, receive, send)
+            return
         scope.setdefault("state", {})["body_bytes"] = total
         sent = False
 
@@ -101,3 +110,22 @@ class BodyLimitMiddleware:
             f"request body larger than the limit of {self.max_bytes} bytes",
             headers={"Connection": "close"},
         )(scope, receive, send)
+
+
+def _multipart_starts_early(scope: Scope, body: bytes, preamble_max: int) -> bool:
+    """False when a multipart/form-data body's first boundary is missing or starts late."""
+    ctype = b""
+    for k, v in scope.get("headers", ()):
+        if k == b"content-type":
+            ctype = v
+            break
+    if not ctype.lower().startswith(b"multipart/form-data"):
+        return True
+    boundary = None
+    for param in ctype.split(b";")[1:]:
+        key, _, value = param.strip().partition(b"=")
+        if key.strip().lower() == b"boundary":
+            boundary = value.strip().strip(b'"')
+    if not boundary:
+        return True  # the form parser answers 400 "missing boundary" itself
+    return body.find(b"--" + boundary, 0, preamble_max + len(boundary) + 2) != -1
