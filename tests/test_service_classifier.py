@@ -195,3 +195,23 @@ def test_explain_returns_a_gradcam_overlay_and_in_brain_fraction(home, clf_artif
     assert ex["overlay"].startswith("data:image/png;base64,")
     im = Image.open(io.BytesIO(base64.b64decode(ex["overlay"].split(",", 1)[1])), formats=["PNG"])
     assert im.size == (256, 256) and im.mode == "RGB"
+
+
+def test_dynamic_batching_gives_the_same_answers_in_fewer_forward_passes(home, clf_artifacts):
+    from concurrent.futures import ThreadPoolExecutor
+
+    seed_cache(home, CLASSIFIER_MODEL_NAME, 1, clf_artifacts[1])
+    bodies = [canonical_body(seed) for seed in range(6)]
+    with TestClient(create_app(settings())) as client:
+        wait_ready(client)
+        expected = [client.post("/v1/classify", content=b, headers=h).json()["probabilities"] for b, h in bodies]
+    with TestClient(create_app(settings(batch_max_size=8, batch_max_wait_ms=200))) as client:
+        wait_ready(client)
+        with ThreadPoolExecutor(6) as pool:
+            got = list(pool.map(lambda bh: client.post("/v1/classify", content=bh[0], headers=bh[1]), bodies))
+        batching = client.get("/v1/info").json()["batching"]
+    assert [r.status_code for r in got] == [200] * 6
+    for r, exp in zip(got, expected):
+        assert r.json()["probabilities"] == pytest.approx(exp, abs=1e-5)
+    assert batching["items"] == 6
+    assert batching["batches"] < 6, batching

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 
 from alzprog.preprocessing import CANONICAL_SIZE
 
+from services.classifier.batching import MicroBatcher
 from services.classifier.model_holder import ClassifierRuntime, make_loader
 from services.classifier.settings import Settings, get_settings
 from services.common import metrics
@@ -60,8 +61,11 @@ class ClassifierState:
         threads = intra_op_threads(settings.intra_op_threads, self.concurrency)
         self.slot: ModelSlot[ClassifierRuntime] = ModelSlot(SERVICE, settings.model_name, settings.alias, make_loader(providers, threads))
         self.watcher = SlotWatcher([self.slot], poll_s=settings.poll_seconds, retry_s=settings.retry_seconds)
-        self.limiter = AdmissionLimiter(self.concurrency, settings.max_queue, settings.queue_timeout_s)
+        # With batching, a worker serves up to batch_max_size requests at once.
+        admitted = self.concurrency * settings.batch_max_size
+        self.limiter = AdmissionLimiter(admitted, settings.max_queue, settings.queue_timeout_s)
         self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="classify")
+        self.batcher = MicroBatcher(self.pool, settings.batch_max_size, settings.batch_max_wait_ms) if settings.batch_max_size > 1 else None
         self.providers = providers
         self.threads = threads
 
@@ -77,9 +81,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.svc = state
         # First load in the background: /livez answers at once, /readyz once a model is in.
         state.watcher.start()
+        if state.batcher is not None:
+            state.batcher.start()
         log.info("classifier starting", extra={"concurrency": state.concurrency, "threads": state.threads, "providers": state.providers})
         yield
         state.watcher.stop()
+        if state.batcher is not None:
+            await state.batcher.stop()
         state.pool.shutdown(wait=True)
 
     app = build_app(
@@ -124,6 +132,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "models": [s.slot.info()],
             "backend": cur.model.backend if cur else None,
             "providers": cur.model.providers if cur else s.providers,
+            "batching": {"max_size": s.settings.batch_max_size, "max_wait_ms": s.settings.batch_max_wait_ms,
+                         "batches": s.batcher.batches if s.batcher else 0, "items": s.batcher.items if s.batcher else 0},
             "in_flight": s.limiter.in_flight,
             "waiting": s.limiter.waiting,
         }
@@ -143,7 +153,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with s.limiter.admit():
                 loop = asyncio.get_running_loop()
                 t0 = time.perf_counter()
-                result = await loop.run_in_executor(s.pool, runtime.predict, image)
+                if s.batcher is not None and not explain:
+                    result = await s.batcher.submit(runtime, image)
+                else:
+                    result = await loop.run_in_executor(s.pool, runtime.predict, image)
                 if explain:
                     result["explain"] = await loop.run_in_executor(s.pool, runtime.explain, image, mask, result["stage_index"])
                 metrics.INFERENCE_LATENCY.labels(SERVICE, served.ref.name).observe(time.perf_counter() - t0)

@@ -89,7 +89,17 @@ class ClassifierRuntime:
 
     def predict(self, image: np.ndarray) -> dict[str, Any]:
         """Calibrated probabilities (softmax of logits / temperature), stage and confidence."""
-        probs = softmax(self.logits(image) / self.temperature)
+        return self._result(softmax(self.logits(image) / self.temperature))
+
+    def predict_batch(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
+        """``predict`` for several images in one forward pass (dynamic batching)."""
+        if self.session is None or len(images) == 1:
+            return [self.predict(im) for im in images]
+        x = np.concatenate([self._input(im) for im in images], axis=0)
+        logits = np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float64)
+        return [self._result(p) for p in softmax(logits / self.temperature)]
+
+    def _result(self, probs: np.ndarray) -> dict[str, Any]:
         idx = int(np.argmax(probs))
         return {
             "stage": STAGES[idx],

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(10.0, gt=0)
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per inference; 0 = CPUs / concurrency")
     providers: str = Field("auto", description="'auto' (CUDA when present, else CPU) or a comma list of ORT providers")
+    batch_max_size: int = Field(1, ge=1, le=256, description="dynamic batching: 1 = off; >1 gathers concurrent requests")
+    batch_max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits for company")
     explain_enabled: bool = True
     max_body_bytes: int = Field(2 * 512 * 512, gt=0, description="internal body limit (canonical image + mask)")
     log_level: str = "INFO"
