@@ -131,7 +131,12 @@ def load_template() -> Template:
     X, Y, Z = np.meshgrid(x, y, z, indexing="ij", sparse=True)
     box = (np.abs(X) < 35) & (Y > -60) & (Y < 40) & (Z > -3) & (Z < 40)
     interhemispheric = (np.abs(X) <= 2) & ((Y > 22) | (Y < -40))
-    dist = ndi.distance_transform_edt(mask_b)
+    # Depth in the brain, needed only up to 14 mm inside the box: computed on the box plus a
+    # 16-voxel margin (exact for those depths, 10x less work than the whole volume).
+    bi, bj, bk = (np.flatnonzero(np.broadcast_to(box, t1.shape).any(axis=ax)) for ax in ((1, 2), (0, 2), (0, 1)))
+    sub = tuple(slice(max(int(a[0]) - 16, 0), int(a[-1]) + 17) for a in (bi, bj, bk))
+    dist = np.zeros(t1.shape, dtype=np.float32)
+    dist[sub] = ndi.distance_transform_edt(mask_b[sub])
     dark = mask_b & (t1 < 0.45) & box & ~interhemispheric
     seeds = dark & (dist > 14)
     lab, n = ndi.label(seeds)
@@ -145,13 +150,17 @@ def load_template() -> Template:
     icv = np.zeros(t1.shape, dtype=np.float32)
     skull = np.zeros(t1.shape, dtype=np.float32)
     slab = ndi.maximum_filter1d(mask_b.astype(np.uint8), size=13, axis=2) > 0
-    disk = _disk(6)
     for k in range(t1.shape[2]):
         if slab[:, :, k].any():
-            skull[:, :, k] = convex_hull_image(slab[:, :, k])
+            # hull at 2 mm (4x fewer points to test), back to 1 mm; smoothed below anyway
+            half = convex_hull_image(slab[::2, ::2, k]).astype(np.float32)
+            skull[:, :, k] = ndi.zoom(half, 2, order=1, grid_mode=True, mode="nearest")[: t1.shape[0], : t1.shape[1]] > 0.5
         if mask_b[:, :, k].any():
-            closed = ndi.binary_closing(np.pad(mask_b[:, :, k], 8), structure=disk)[8:-8, 8:-8]
-            icv[:, :, k] = ndi.binary_dilation(ndi.binary_fill_holes(closed), structure=_disk(2))
+            # closing with a 6 mm disk and +2 mm dilation through distance maps (exact, faster)
+            padded = np.pad(mask_b[:, :, k], 8)
+            dilated = ndi.distance_transform_edt(~padded) <= 6
+            closed = (ndi.distance_transform_edt(dilated) > 6)[8:-8, 8:-8]
+            icv[:, :, k] = ndi.distance_transform_edt(~ndi.binary_fill_holes(closed)) <= 2
     icv = ndi.gaussian_filter(np.minimum(icv, skull), 1.0)
     skull = ndi.gaussian_filter(skull, 1.5)
     t1_ventricle = float(np.median(t1[ndi.binary_erosion(ventricles, iterations=1)]))
@@ -159,11 +168,6 @@ def load_template() -> Template:
         t1=t1, gm=gm, wm=wm, mask=mask_b.astype(np.float32), ventricles=ventricles.astype(np.float32),
         icv=icv, skull=skull, origin_vox=origin, t1_csf=t1_csf, t1_gm=t1_gm, t1_wm=t1_wm, t1_ventricle=t1_ventricle,
     )
-
-
-def _disk(radius: int) -> np.ndarray:
-    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    return (yy**2 + xx**2) <= radius**2
 
 
 # ----------------------------------------------------------------------------- subjects
@@ -320,7 +324,7 @@ def _face_parts(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> dict[str, np.nda
     so a simple face is added: it never changes with the disease, it only makes the
     slices look (and mask) like the real ones.
     """
-    face = _ellipsoid(x, y, z, (0.0, 35.0, -45.0), (66.0, 78.0, 32.0), edge=0.05)
+    face = _ellipsoid(x, y, z, (0.0, 38.0, -45.0), (58.0, 78.0, 32.0), edge=0.05)
     if not face.any():
         return {"face": face, "globes": face, "fat": face, "nasal": face}
     globes = np.maximum(
@@ -493,7 +497,7 @@ class _SliceRenderer:
             "fat_peak": r.uniform(160, 225),
             "scalp_scale": r.uniform(0.85, 1.3),
             "halo": r.uniform(8, 16),
-            "face_level": r.uniform(45, 70),
+            "face_level": r.uniform(28, 45),
             "bias": np.exp(0.10 * _smooth_field(rng, (3, 5), (h, w))).astype(np.float32),
             "scalp_texture": (1 + 0.15 * _smooth_field(rng, (40, 80), (h, w))).astype(np.float32),
             "scalp_thickness": (1 + 0.25 * _smooth_field(rng, (5, 8), (h, w))).astype(np.float32),
@@ -531,9 +535,10 @@ class _SliceRenderer:
         base = a.skull & (a.face["face"] < 0.5)
         tissue = np.where(base, 28 + 30 * np.clip(ft, 0, 2), tissue)  # skull base: bone, some marrow
         tissue = tissue * (1 - fat) + sc["fat_peak"] * (0.9 + 0.1 * ft) * fat
-        tissue = tissue * (1 - nasal) + (22 + 35 * np.clip(ft + 0.5, 0, 1.5)) * nasal
+        tissue = tissue * (1 - nasal) + (12 + 25 * np.clip(ft + 0.5, 0, 1.5)) * nasal
         tissue = tissue * (1 - globes) + 24.0 * globes  # vitreous: dark on T1
-        w_bone = np.clip((d_icv / thick - bone_knots[-1]) / (1.0 * s), 0, 1)
+        # the floor of the skull (orbital roofs, sphenoid) is thicker than the vault: ~5 px of bone
+        w_bone = np.clip((d_icv / thick - 5.0 * s) / (1.5 * s), 0, 1)
         tissue = np.interp(d_icv / thick, bone_knots, bone_vals).astype(np.float32) * (1 - w_bone) + tissue * w_bone
         self.rim = (np.where(inner, tissue, rim) * sc["scalp_texture"]).astype(np.float32)
         self.halo = d_out < knots[-1] + sc["halo"]
