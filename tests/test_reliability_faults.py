@@ -185,6 +185,48 @@ def test_dropped_connections_are_retried_a_bounded_number_of_times_with_jittered
     print(f"\nMEASURED retry gaps (s) per request with base {base}s: {[[round(g, 3) for g in gs] for gs in gaps_all]}")
 
 
+def test_slow_redis_adds_at_most_one_bounded_wait_and_readiness_stays_true(gateway, redis_url, key_prefix):
+    """The real Redis behind a proxy that delays its answers by 2 s: requests still succeed,
+    uncached; the first pays one bounded wait (2 x the 0.25 s socket timeout), the next ones
+    skip Redis for the back-off period; /readyz says "degraded" and stays 200."""
+    import redis as redis_lib
+
+    host_port = redis_url.split("//", 1)[1].split("/", 1)
+    host, port = host_port[0].split(":")
+    db = host_port[1] if len(host_port) > 1 else "0"
+    prefix = key_prefix.rstrip(":")
+    with FaultProxy(host, int(port)) as redis_link:
+        slow_url = f"redis://127.0.0.1:{redis_link.port}/{db}"
+        timeout = 0.25
+        plain = gateway(redis_url="")
+        cached = gateway(redis_url=slow_url, cache_prefix=prefix, redis_timeout_s=timeout, redis_backoff_s=30)
+        for seed in (60, 61):  # warm both gateways and the backend
+            assert plain.post("/predict", files=upload(seed)).status_code == 200
+            assert cached.post("/predict", files=upload(seed)).status_code == 200
+        base = statistics.median(timed_post(plain, "/predict", files=upload(s))[1] for s in (62, 63, 64))
+        redis_link.set_mode("delay", delay_s=2.0)
+        first, t_first = timed_post(cached, "/predict", files=upload(65))
+        rest = [timed_post(cached, "/predict", files=upload(s)) for s in (66, 67, 68)]
+        ready = cached.get("/readyz")
+    try:
+        assert first.status_code == 200 and first.json()["cached"] is False
+        assert all(r.status_code == 200 and r.json()["cached"] is False for r, _ in rest)
+        added_first = t_first - base
+        added_rest = statistics.median(t for _, t in rest) - base
+        assert added_first < 2 * timeout + 0.75, f"first request added {added_first:.3f}s"
+        assert added_rest < 0.25, f"Redis was not skipped during the back-off: +{added_rest:.3f}s"
+        assert ready.status_code == 200
+        assert ready.json()["checks"]["cache"]["status"] == "degraded"
+    finally:
+        r = redis_lib.Redis.from_url(redis_url)
+        for k in r.scan_iter(f"{prefix}:*"):
+            r.delete(k)
+    print(
+        f"\nMEASURED slow Redis (answers 2 s late, socket timeout {timeout}s): uncached baseline {base * 1000:.0f} ms; "
+        f"first request +{added_first * 1000:.0f} ms, next ones +{added_rest * 1000:.0f} ms (Redis skipped for the back-off)"
+    )
+
+
 # --------------------------------------------------------------------------- overload
 def test_overload_is_refused_at_once_with_retry_after_and_admitted_requests_keep_their_latency(gateway, classifier):
     """Grad-CAM requests (about 1 s of CPU each) against a classifier that runs 1 and queues 2:

@@ -1,6 +1,10 @@
 """Hostile request bodies against a real gateway process (issue #6): multipart abuse, chunked
 bodies over the limit, malformed framing, header floods, and the parser versions in use.
 
+tests/test_service_gateway.py covers a CR/LF flood, a huge part header, 2000 fields and a
+missing boundary in-process; the cases here are the other shapes of abuse, on the real
+uvicorn server, and check that no request floods the log (CVE-2024-53981 logged per byte).
+
 The gateway runs as ``python -m services.gateway`` (uvicorn with the project's settings) with
 no reachable backends and no cache: everything here must be refused before a backend would be
 needed. Raw sockets are used where an HTTP client would tidy the request up.
@@ -55,9 +59,7 @@ END = f"--{BOUNDARY}--\r\n".encode()
 SMALL_PNG = png_bytes(head_phantom(96, 96, seed=1))
 
 ABUSE = {
-    "many-fields": (b"".join(part(f"f{i}", b"x") for i in range(2000)) + END, 400),
     "many-files": (b"".join(part("file", SMALL_PNG, f"{i}.png") for i in range(50)) + END, 400),
-    "huge-part-header": (part("file", SMALL_PNG, "a.png", b"X-Pad: " + b"A" * 300_000 + b"\r\n") + END, 400),
     "many-part-headers": (part("file", SMALL_PNG, "a.png", b"".join(b"X-H%d: v\r\n" % i for i in range(20_000))) + END, 400),
     "huge-field-name": (part("A" * 300_000, b"x") + END, 400),
     "field-over-part-limit": (part("from_stage", b"A" * 200_000) + END, 400),
