@@ -345,6 +345,9 @@ def main() -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # httpx logs every upstream URL at INFO, query string included: user input must not reach the log.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     settings = FrontendSettings.from_env()
     print(f"frontend: http://{settings.host}:{settings.port}/ -> API {settings.gateway_url}", flush=True)
     uvicorn.run(
