@@ -178,7 +178,10 @@ class BenchStack:
         argv = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
                 "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
                 "--port", str(port), "--workers", "1"]
-        self.start("mlflow", argv, env=dict(os.environ), port=port, health="/health", timeout=180)
+        # No job-execution workers: MLflow 3 otherwise forks about seven huey consumer processes
+        # that the registry never uses and that would compete with the services for two CPUs.
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.start("mlflow", argv, env=env, port=port, health="/health", timeout=180)
         self.mlflow_uri = f"http://127.0.0.1:{port}"
         self._set_env("MLFLOW_TRACKING_URI", self.mlflow_uri)
         self._set_env("ALZPROG_HOME", str(self.home))
