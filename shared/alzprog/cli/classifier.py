@@ -41,12 +41,15 @@ def register(groups: dict[str, argparse._SubParsersAction], top: argparse._SubPa
     p.add_argument("--device", default=None, help="auto (CUDA > MPS > CPU), cpu, cuda, mps")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="disable mixed precision on CUDA")
     p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default <data_home>/runs/classifier/<run id>)")
     p.add_argument("--run-name", default=None)
     p.add_argument("--no-register", dest="register", action="store_false", help="log the run but do not register the model")
     p.add_argument("--promote", action="store_true", help="move the champion alias to this version even if not better")
     p.add_argument("--shuffle-labels", action="store_true",
                    help="random-label control: permute stage labels across subjects (never promoted)")
+    p.add_argument("--no-mlflow", dest="mlflow", action="store_false",
+                   help="no tracking server at hand: write the run's files only (implies --no-register)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_train)
 
@@ -86,12 +89,14 @@ def _train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size, "phase1.epochs": args.phase1_epochs, "phase2.epochs": args.phase2_epochs,
         "phase1.lr": args.lr1, "phase2.lr": args.lr2, "imbalance": args.imbalance, "seed": args.seed,
         "deterministic": args.deterministic, "device": args.device, "amp": args.amp, "num_workers": args.num_workers,
+        "threads": args.threads,
     }
     cfg = load_config("classifier", args.preset, args.config, overrides)
     try:
         result = train_classifier(
             cfg, args.split, out_dir=args.out, register=args.register, promote=args.promote,
             shuffle_labels=args.shuffle_labels, run_name=args.run_name, progress=args.progress,
+            use_mlflow=args.mlflow,
         )
     except PretrainedWeightsMissing as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -221,7 +221,8 @@ def evaluate_classifier(
     (out / "report.md").write_text(report_markdown(report))
     log.info("test subject macro-F1 %.3f [%.3f, %.3f] vs majority %.3f; report in %s",
              subj_rep["macro_f1"], *subj_rep["macro_f1_ci"], subj_rep["majority_macro_f1"], out)
-    if log_to_mlflow and report["model"]["training_run_id"]:
+    run_id = report["model"]["training_run_id"]
+    if log_to_mlflow and run_id and not str(run_id).startswith("offline-"):
         _log_to_run(report, out)
     return report
 

@@ -65,6 +65,12 @@ def build_stage_classifier(config: dict[str, Any]) -> nn.Module:
         if config.get("dropout") is not None:
             kwargs["dropout"] = float(config["dropout"])
         model = builder(**kwargs)
+    # torchvision draws the head from U(+-1/sqrt(num_classes)) = U(+-0.5) for 4 classes, which
+    # starts training with large random logits (loss ~3-4 instead of ln 4); a small head starts
+    # at chance and lets the backbone learn instead of undoing the head.
+    last = model.classifier[-1]
+    nn.init.normal_(last.weight, std=0.01)
+    nn.init.zeros_(last.bias)
     return model
 
 

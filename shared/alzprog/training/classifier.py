@@ -46,6 +46,19 @@ log = logging.getLogger(__name__)
 SELECTION_METRIC = "val_macro_f1"
 
 
+class _OfflineTracker:
+    """Stands in for the ``mlflow`` module when tracking is off: every call is a no-op."""
+
+    def log_params(self, *_a, **_k) -> None: ...
+    def set_tags(self, *_a, **_k) -> None: ...
+    def log_metrics(self, *_a, **_k) -> None: ...
+    def log_artifact(self, *_a, **_k) -> None: ...
+    def log_artifacts(self, *_a, **_k) -> None: ...
+    def end_run(self, *_a, **_k) -> None: ...
+    def active_run(self) -> None:
+        return None
+
+
 @dataclass
 class TrainResult:
     """What a training run produced (rank 0; other ranks get ``model_dir=None``)."""
@@ -214,12 +227,14 @@ def train_classifier(
     shuffle_labels: bool = False,
     run_name: str | None = None,
     progress: bool = True,
+    use_mlflow: bool = True,
 ) -> TrainResult:
     """Train, calibrate, save, log and (on rank 0) register a stage classifier.
 
     ``cfg`` is a resolved config (:func:`alzprog.training.config.load_config`). The split is
     loaded through the leakage guard. With ``shuffle_labels`` the train and validation labels
     are permuted across subjects (the random-label control) and the model is never promoted.
+    ``use_mlflow=False`` writes the same files without tracking or registration.
     """
     from alzprog.artifacts import save_artifact
     from alzprog.data.dataset import CanonicalCache, StageSliceDataset, augment_batch
@@ -232,6 +247,10 @@ def train_classifier(
     from alzprog.preprocessing import CANONICAL_SIZE
 
     split_dir = Path(split_dir)
+    threads_before = torch.get_num_threads()
+    if cfg.get("threads"):
+        # On a CPU shared with other jobs, fewer threads avoid OpenMP spin contention.
+        torch.set_num_threads(int(cfg["threads"]))
     dist = DistContext.from_env(cfg.get("device", "auto"))
     device = dist.device
     seed_everything(int(cfg["seed"]), bool(cfg.get("deterministic", False)))
@@ -282,15 +301,21 @@ def train_classifier(
     mlflow = None
     run_id = None
     if main:
-        import mlflow as _mlflow
+        if use_mlflow:
+            import mlflow as _mlflow
 
-        from alzprog import registry
+            from alzprog import registry
 
-        mlflow = _mlflow
-        registry.tracking_uri()
-        exp_id = registry.ensure_experiment(CLASSIFIER_EXPERIMENT)
-        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
-        run_id = run.info.run_id
+            mlflow = _mlflow
+            registry.tracking_uri()
+            exp_id = registry.ensure_experiment(CLASSIFIER_EXPERIMENT)
+            run = mlflow.start_run(experiment_id=exp_id, run_name=run_name)
+            run_id = run.info.run_id
+        else:
+            # No tracking stack (e.g. a bare GPU node): same outputs on disk, nothing registered.
+            mlflow = _OfflineTracker()
+            run_id = f"offline-{time.strftime('%Y%m%d-%H%M%S')}"
+            register = False
         if out_dir is None:
             from alzprog.paths import data_home
 
@@ -451,6 +476,7 @@ def train_classifier(
         if main and mlflow is not None and mlflow.active_run() is not None:
             mlflow.end_run()
         dist.cleanup()
+        torch.set_num_threads(threads_before)
 
 
 def _finish_main(cfg, split_dir, model, best, history, train_df, val_df, val_ds, val_labels, val_subjects,
@@ -477,13 +503,6 @@ def _finish_main(cfg, split_dir, model, best, history, train_df, val_df, val_ds,
         "run_id": run_id, "preset": cfg.get("preset"), "shuffle_labels": shuffle_labels,
         "split_sha256": _safe_split_hash(split_dir),
     }
-    model_dir = out_dir / "model"
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    example = torch.stack([val_ds[i][0] for i in range(min(2, len(val_ds)))])
-    model_cpu = model.to("cpu").float()
-    digests = save_artifact(model_dir, model_cpu, mc, example)
-
     curves = plot_curves(history, out_dir / "training_curves.png",
                          title=f"stage classifier ({cfg.get('preset')}){' - SHUFFLED LABELS' if shuffle_labels else ''}")
     vprobs = cm.softmax(vlogits, temperature)
@@ -508,12 +527,20 @@ def _finish_main(cfg, split_dir, model, best, history, train_df, val_df, val_ds,
         "wall_seconds": wall,
         "world_size": dist.world_size,
         "device": str(device),
-        "digests": digests,
+        "digests": None,
         "history": history,
     }
+    (out_dir / "environment.json").write_text(json.dumps(environment_info(), indent=2))
+    # The reports are written before the export so a failed ONNX parity check still leaves them.
+    (out_dir / "train_report.json").write_text(json.dumps(summary, indent=2, default=float))
+    model_dir = out_dir / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    example = torch.stack([val_ds[i][0] for i in range(min(2, len(val_ds)))])
+    model_cpu = model.to("cpu").float()
+    summary["digests"] = save_artifact(model_dir, model_cpu, mc, example)
     (out_dir / "train_report.json").write_text(json.dumps(summary, indent=2, default=float))
     (out_dir / "train_report.md").write_text(_train_markdown(summary))
-    (out_dir / "environment.json").write_text(json.dumps(environment_info(), indent=2))
 
     mlflow.log_metrics({
         "best_val_macro_f1": float(best["f1"]), "best_epoch": float(best["epoch"]),
@@ -584,3 +611,65 @@ def _train_markdown(s: dict[str, Any]) -> str:
             f"| {r['val_loss']:.4f} | {r['val_accuracy']:.3f} | {r['val_macro_f1']:.3f} | {r['val_subject_macro_f1']:.3f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def measure_throughput(
+    model_config: dict[str, Any],
+    device: str = "auto",
+    batch_size: int = 32,
+    steps: int = 20,
+    warmup: int = 5,
+    amp: bool = True,
+    infer_batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Model-only images/second for a training step (forward, backward, Adam) and for inference.
+
+    Synthetic inputs, so the figure isolates the accelerator from data loading; the training
+    run's own ``train_images_per_second`` includes the input pipeline.
+    """
+    from alzprog.models.stage_classifier import build_stage_classifier
+    from alzprog.training.common import select_device
+
+    dev = select_device(device)
+    use_amp = amp and dev.type == "cuda"
+    size = int(model_config["image_size"])
+    model = build_stage_classifier(model_config).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = torch.randn(batch_size, 3, size, size, device=dev)
+    y = torch.randint(0, len(STAGES), (batch_size,), device=dev)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    model.train()
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync()
+            t0 = time.perf_counter()
+        with autocast_context(dev, use_amp):
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync()
+    train_ips = batch_size * steps / (time.perf_counter() - t0)
+
+    ib = infer_batch_size or batch_size * 2
+    xi = torch.randn(ib, 3, size, size, device=dev)
+    model.eval()
+    with torch.no_grad():
+        for i in range(warmup + steps):
+            if i == warmup:
+                sync()
+                t0 = time.perf_counter()
+            with autocast_context(dev, use_amp):
+                model(xi)
+        sync()
+    infer_ips = ib * steps / (time.perf_counter() - t0)
+    return {
+        "arch": model_config.get("arch"), "image_size": size, "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "amp": use_amp, "train_batch_size": batch_size, "infer_batch_size": ib, "steps": steps,
+        "train_images_per_second": train_ips, "inference_images_per_second": infer_ips,
+    }
