@@ -60,10 +60,15 @@ def on_off_env(fields: dict[str, Any]) -> tuple[dict[str, str], dict[str, str], 
 def run(stack: BenchStack, *, quick: bool = False) -> tuple[list[Measurement], dict[str, float], list[str]]:
     """Comparison 4. Returns rows, ``{"batching_throughput_gain_c16": ...}`` and notes.
 
-    Without batching settings in the classifier service the rows are absent, the target is
-    not measured (reported as missed) and a note says so.
+    Variants: batching off (the service defaults), batching on with the default threads, and
+    batching on with every CPU given to the one ONNX Runtime session that runs the batches
+    (``CLASSIFIER_INTRA_OP_THREADS``): the batcher runs one batch at a time, so with the
+    default threads (CPUs / concurrency) a batch would use one core. The target's value is the
+    better of the two "on" variants, named in the note. Without batching settings in the
+    classifier service the rows are absent and the target is reported as not measured.
     """
     from alzprog.bench.services import bench_classifier_service, canonical_of, sample_upload
+    from alzprog.bench.stack import services_importable
 
     fields = batching_settings()
     if not fields:
@@ -76,10 +81,17 @@ def run(stack: BenchStack, *, quick: bool = False) -> tuple[list[Measurement], d
         note = f"dynamic batching: cannot tell how to switch it off from the settings {fields}; not measured"
         log.warning(note)
         return [], {"batching_throughput_gain_c16": float("nan")}, [note]
+    services_importable()
+    from services.common.cpu import available_cpus
+
+    cpus = str(available_cpus())
     image = canonical_of(sample_upload()).image
     concs = (16, 1)
+    variants = [("batching off", off), ("batching on", on),
+                ("batching on, all CPUs per batch", {**on, "CLASSIFIER_INTRA_OP_THREADS": cpus})]
     rows: list[Measurement] = []
-    for variant, env, name in (("batching off", off, "classifier-batch-off"), ("batching on", on, "classifier-batch-on")):
+    for variant, env in variants:
+        name = "classifier-" + variant.replace(" ", "-").replace(",", "")
         stack.start_classifier(name, env)
         try:
             rows += bench_classifier_service(stack, image, quick=quick, case_prefix="classifier", variant=variant,
@@ -89,9 +101,20 @@ def run(stack: BenchStack, *, quick: bool = False) -> tuple[list[Measurement], d
         finally:
             stack.stop(name)
     by = {(r.case, r.variant): r for r in rows}
-    gain = by[("classifier c16", "batching on")].throughput / by[("classifier c16", "batching off")].throughput
-    cost = by[("classifier c1", "batching on")].p50_ms / by[("classifier c1", "batching off")].p50_ms
-    notes = [f"dynamic batching ({desc}): throughput x{gain:.2f} at concurrency 16, p50 x{cost:.2f} at concurrency 1"]
-    if not np.isfinite(gain):
+    off_c16 = by[("classifier c16", "batching off")]
+    off_c1 = by[("classifier c1", "batching off")]
+    notes = []
+    gains = {}
+    for variant, _ in variants[1:]:
+        gain = by[("classifier c16", variant)].throughput / off_c16.throughput
+        cost = by[("classifier c1", variant)].p50_ms / off_c1.p50_ms
+        gains[variant] = gain
+        notes.append(f"dynamic batching, {variant} ({desc}): throughput x{gain:.2f} at concurrency 16, "
+                     f"p50 x{cost:.2f} at concurrency 1")
+    finite = {k: v for k, v in gains.items() if np.isfinite(v)}
+    if not finite:
         notes.append("dynamic batching: a run had no successful request")
-    return rows, {"batching_throughput_gain_c16": gain}, notes
+        return rows, {"batching_throughput_gain_c16": float("nan")}, notes
+    best = max(finite, key=finite.get)
+    notes.append(f"batching_throughput_gain_c16 is the '{best}' variant")
+    return rows, {"batching_throughput_gain_c16": finite[best]}, notes
