@@ -18,7 +18,9 @@ timestamped copy.
 
 The stack: whatever answers at ``--url`` (``make run``); when nothing does, the script starts
 one with ``scripts/run_stack.py`` (the same code as ``make run``) and stops it afterwards.
-``--untrained`` (only with ``--home`` pointing at a data home without champions) registers
+Against a running ``make run`` stack the distinct uploads leave result-cache entries in its
+Redis (they expire with the cache TTL, 1 h by default); a stack the script starts itself gets
+its own key prefix, deleted afterwards. ``--untrained`` (only with ``--home`` pointing at a data home without champions) registers
 untrained models with the ``quick`` presets' architectures instead of training them: each
 request costs the same compute, the run starts in seconds, and the figures are about time, not
 about what the models say.

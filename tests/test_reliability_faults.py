@@ -180,8 +180,9 @@ def test_dropped_connections_are_retried_a_bounded_number_of_times_with_jittered
             cap = base * 2**i  # the back-off drawn uniformly from [0, cap]
             assert g <= cap + 0.3, f"attempt gap {g:.3f}s over its cap {cap}s"
             normalised.append(min(g / cap, 1.0))
-    # Full jitter: the waits spread over [0, cap], they are not one fixed delay.
-    assert min(normalised) < 0.35 and max(normalised) > 0.5, normalised
+    # Full jitter: the waits spread over [0, cap], they are not one fixed delay (a fixed
+    # back-off would spread only by scheduling noise, a few hundredths of the cap).
+    assert max(normalised) - min(normalised) > 0.3, normalised
     print(f"\nMEASURED retry gaps (s) per request with base {base}s: {[[round(g, 3) for g in gs] for gs in gaps_all]}")
 
 
