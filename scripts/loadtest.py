@@ -311,15 +311,18 @@ def print_table(rows: list[dict]) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default=os.environ.get("GATEWAY_URL", f"http://127.0.0.1:{os.environ.get('GATEWAY_PORT', '8000')}"))
-    p.add_argument("--clients", type=int, default=4, help="clients of the uncached and cached phases")
-    p.add_argument("--duration", type=float, default=30.0, help="seconds per phase")
+    env = os.environ.get  # `LOADTEST_DURATION=20 make loadtest` etc.: make passes no arguments
+    p.add_argument("--clients", type=int, default=int(env("LOADTEST_CLIENTS", "4")), help="clients of the uncached and cached phases")
+    p.add_argument("--duration", type=float, default=float(env("LOADTEST_DURATION", "30")), help="seconds per phase")
     p.add_argument("--overload-factor", type=float, default=4.0, help="overload clients = factor x admission capacity")
     p.add_argument("--overload-clients", type=int, default=0, help="override the computed overload client count")
     p.add_argument("--phases", default="uncached,cached,overload")
     p.add_argument("--endpoint", choices=["predict", "progression"], default="predict")
     p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout (a timeout is a failure)")
-    p.add_argument("--home", type=Path, default=None, help="data home of a stack this script starts (default: make run's)")
-    p.add_argument("--untrained", action="store_true", help="with --home: register untrained quick-architecture champions instead of training")
+    p.add_argument("--home", type=Path, default=Path(env("LOADTEST_HOME")) if env("LOADTEST_HOME") else None,
+                   help="data home of a stack this script starts (default: make run's; env LOADTEST_HOME)")
+    p.add_argument("--untrained", action="store_true", default=env("LOADTEST_UNTRAINED", "") == "1",
+                   help="with --home: register untrained quick-architecture champions instead of training (env LOADTEST_UNTRAINED=1)")
     p.add_argument("--start-timeout", type=float, default=1800.0)
     p.add_argument("--out", type=Path, default=None, help="result folder (default DATA/loadtest)")
     args = p.parse_args()
