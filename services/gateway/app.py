@@ -136,6 +136,14 @@ def _canonicalize(data: bytes, nifti_slice: int | None) -> Canonical:
     return Canonical(image=c.image, mask=np.asarray(c.mask, dtype=bool), sha256=str(digest))
 
 
+def _warm_up() -> None:
+    from alzprog.decode import encode_png
+
+    yy, xx = np.mgrid[:96, :96]
+    head = (((yy - 48) / 40.0) ** 2 + ((xx - 48) / 36.0) ** 2 < 1).astype(np.uint8) * 120
+    _canonicalize(encode_png(head), None)
+
+
 def _png_data_url(image: np.ndarray) -> str:
     """The canonical slice as a metadata-free PNG data URL (what the models saw)."""
     import base64
@@ -159,6 +167,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         state = GatewayState(settings)
         app.state.svc = state
+        # Import the decoders and run one canonicalisation now, so the first upload does not
+        # pay for loading torch/Pillow plugins (seconds on a busy machine).
+        await asyncio.get_running_loop().run_in_executor(state.decode_pool, _warm_up)
         log.info(
             "gateway starting",
             extra={"classifier": settings.classifier_url, "generator": settings.generator_url, "cache": state.cache.enabled, "api_keys": len(keys)},
@@ -337,6 +348,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 start = stage_index(requested)
             except ValueError:
                 raise ServiceError(422, "bad_stage", f"from_stage must be one of {', '.join(STAGES)}, a slug (nd, vmd, md, mod) or 0-3") from None
+        # The upload is decoded even while a backend's circuit is open: its answer may be cached.
         c = await canonical_upload(s, file, nifti_slice)
         if start is None:
             result, clf_cached = await classify(s, c, _bool(explain, explain_q))
