@@ -491,7 +491,7 @@ class _SliceRenderer:
         h, w = IMAGE_HEIGHT, IMAGE_WIDTH
         r = np.random.default_rng([self.p.seed, 7])  # same draws for every slice of the subject
         return {
-            "levels": (r.uniform(12, 24), r.uniform(56, 70), r.uniform(90, 108)),
+            "levels": (r.uniform(8, 20), r.uniform(56, 70), r.uniform(90, 108)),
             "gamma": r.uniform(0.9, 1.1),
             "noise_sigma": r.uniform(4.0, 7.0),
             "fat_peak": r.uniform(160, 225),
@@ -523,7 +523,7 @@ class _SliceRenderer:
         inner = head & ~a.icv  # skull, skull base and face: not brain, never atrophy
         d_out = ndi.distance_transform_edt(~head).astype(np.float32) / thick
         # Outside the outline: bright subcutaneous fat, skin, then the background.
-        knots = np.array([0.0, 2.6, 4.4, 6.6, 9.0]) * s
+        knots = np.array([0.0, 3.6, 5.6, 7.8, 10.2]) * s
         vals = [sc["fat_peak"], sc["fat_peak"] * 0.9, 75.0, 22.0, 0.0]
         rim = np.interp(d_out, knots, vals).astype(np.float32)
         # Inside it: a CSF sliver then dark cortical bone next to the brain.
