@@ -313,10 +313,11 @@ def test_corrupt_cache_value_is_a_miss(make_gateway, sample_bytes, redis_url, ke
     gw = make_gateway()
     assert gw.post("/predict", files={"file": ("a.jpg", sample_bytes)}).status_code == 200
     (key,) = redis_keys(redis_url, key_prefix)
-    redis.Redis.from_url(redis_url).set(key, b"\x80\x04garbage{not json")
-    r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
-    assert r.status_code == 200 and r.json()["cached"] is False
-    assert set(r.json()["probabilities"]) == set(STAGES)
+    for garbage in (b"\x80\x04garbage{not json", b'{"v": 1, "result": {"stage": "x"}}', b"[1, 2]"):
+        redis.Redis.from_url(redis_url).set(key, garbage)
+        r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
+        assert r.status_code == 200 and r.json()["cached"] is False
+        assert set(r.json()["probabilities"]) == set(STAGES)
 
 
 def test_dead_classifier_gives_fast_503_with_retry_after(make_gateway, sample_bytes):

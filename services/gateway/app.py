@@ -39,6 +39,9 @@ from services.gateway.settings import Settings, get_settings
 SERVICE = "gateway"
 log = logging.getLogger("gateway")
 NO_STORE = {"Cache-Control": "no-store"}
+# A cached value without these fields is treated as corrupt (a miss), never served.
+PREDICT_FIELDS = ("stage", "stage_index", "probabilities", "confidence", "model")
+PROGRESSION_FIELDS = ("steps", "generator_models")
 RESULT_ERRORS = {k: ERROR_RESPONSES[k] for k in (400, 413, 415, 422, 429, 503)}
 
 
@@ -214,7 +217,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         async def compute() -> tuple[dict[str, Any], bool]:
             if lookup is not None:
-                hit = await s.cache.get(lookup)
+                hit = await s.cache.get(lookup, required=PREDICT_FIELDS)
                 if hit is not None:
                     return hit, True
             body, headers = encode_canonical(c.image, c.mask)
@@ -248,7 +251,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         async def compute() -> tuple[dict[str, Any], bool]:
             if lookup is not None:
-                hit = await s.cache.get(lookup)
+                hit = await s.cache.get(lookup, required=PROGRESSION_FIELDS)
                 if hit is not None:
                     return hit, True
             body, headers = encode_canonical(c.image, c.mask)

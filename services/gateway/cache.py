@@ -70,8 +70,9 @@ class ResultCache:
         metrics.CACHE_EVENTS.labels("error").inc()
         log.warning("redis unavailable; serving uncached", extra={"op": op, "error": type(exc).__name__, "backoff_s": self.backoff_s})
 
-    async def get(self, key: str) -> dict[str, Any] | None:
-        """The cached result, or None (miss, Redis down, or a corrupt value)."""
+    async def get(self, key: str, required: tuple[str, ...] = ()) -> dict[str, Any] | None:
+        """The cached result, or None (miss, Redis down, or a corrupt value: unparsable, or
+        lacking one of the ``required`` top-level fields)."""
         if not self._available():
             metrics.CACHE_EVENTS.labels("skipped").inc()
             return None
@@ -89,6 +90,8 @@ class ResultCache:
             value = json.loads(raw)
             if not isinstance(value, dict) or value.get("v") != FORMAT_VERSION or not isinstance(value.get("result"), dict):
                 raise ValueError("unexpected cache value layout")
+            if any(k not in value["result"] for k in required):
+                raise ValueError("cached result lacks required fields")
         except (ValueError, UnicodeDecodeError, TypeError):
             metrics.CACHE_EVENTS.labels("corrupt").inc()
             log.warning("corrupt cache value ignored")
