@@ -253,3 +253,40 @@ def test_no_file_name_reaches_the_server(live_stack, browser, oasis_sample_files
             assert canary not in log.read_text(errors="replace"), log.name
     finally:
         context.close()
+
+
+def test_page_says_the_api_is_down_and_when_to_retry(browser, oasis_sample_files, tmp_path):
+    """No gateway behind the frontend: the page shows the proxy's 503 message and Retry-After."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import free_port, wait_http
+    from service_helpers import ServiceProcess
+
+    port = free_port()
+    env = {**os.environ, "GATEWAY_URL": f"http://127.0.0.1:{free_port()}", "FRONTEND_PORT": str(port), "FRONTEND_HOST": "127.0.0.1"}
+    log = open(tmp_path / "frontend.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.frontend.server"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log.close()
+    fe = ServiceProcess("frontend", proc, f"http://127.0.0.1:{port}", tmp_path / "frontend.log")
+    try:
+        wait_http(fe.url + "/livez", timeout=60, proc=proc)
+        context, page, _ = _open(browser, fe.url + "/", PHONE)
+        try:
+            with page.expect_response(lambda r: "/api/predict" in r.url) as info:
+                page.set_input_files("#file-input", str(_sample(oasis_sample_files, "Non Demented")))
+            assert info.value.status == 503
+            _wait_idle(page)
+            text = page.inner_text("#error-text")
+            assert "not reachable" in text and "gateway_unavailable" in text
+            assert f"Try again in {info.value.headers['retry-after']} s." in text
+            assert page.is_hidden("#result") and page.is_hidden("#status")
+            assert page.is_enabled("#analyse-btn"), "the user can retry"
+        finally:
+            context.close()
+    finally:
+        fe.stop()
