@@ -18,7 +18,8 @@ import torch
 from alzprog.cli import main as cli_main
 from alzprog.constants import CLASSIFIER_EXPERIMENT, CLASSIFIER_MODEL_NAME, STAGES
 
-TINY = ["--preset", "quick", "--image-size", "32", "--phase1-epochs", "1", "--phase2-epochs", "1", "--no-progress"]
+TINY = ["--preset", "quick", "--image-size", "32", "--phase1-epochs", "1", "--phase2-epochs", "1", "--no-progress",
+        "--threads", "1"]
 REPORT_KEYS = {
     "subject": {"macro_f1", "macro_f1_ci", "balanced_accuracy", "majority_macro_f1", "n_subjects"},
     "slice": {"macro_f1", "accuracy", "majority_accuracy"},
