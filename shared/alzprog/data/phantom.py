@@ -1078,6 +1078,32 @@ def measure_noise_split(
     }
 
 
+def look_statistics(paths: Iterable[Path | str], head_threshold: int = 12) -> dict:
+    """How slices look, to compare the phantom with real ones: grey-level percentiles of the
+    head (pixels above ``head_threshold``), head area fraction and head extent (rows, columns),
+    averaged over ``paths``."""
+    from PIL import Image
+
+    pct, area, rows, cols = [], [], [], []
+    for path in paths:
+        with Image.open(path) as im:
+            g = np.asarray(im.convert("L"), dtype=np.float32)
+        head = g > head_threshold
+        pct.append(np.percentile(g[head], [10, 25, 50, 75, 90, 99]))
+        area.append(float(head.mean()))
+        r = np.flatnonzero(head.sum(axis=1) > 5)
+        c = np.flatnonzero(head.sum(axis=0) > 5)
+        rows.append(int(r[-1] - r[0] + 1))
+        cols.append(int(c[-1] - c[0] + 1))
+    return {
+        "n": len(area),
+        "percentiles_10_25_50_75_90_99": [round(float(v), 1) for v in np.mean(pct, axis=0)],
+        "head_area_fraction": round(float(np.mean(area)), 3),
+        "head_rows": round(float(np.mean(rows)), 1),
+        "head_cols": round(float(np.mean(cols)), 1),
+    }
+
+
 # ----------------------------------------------------------------------------- figures
 
 
