@@ -189,3 +189,27 @@ def test_tiny_phantom_fixture(tiny_phantom: Path) -> None:
     assert len(rows) == 12 * 4 * 4
     counts = {stage: len({p.name.split("_MR")[0] for p in (tiny_phantom / "Data" / stage).glob("*.jpg")}) for stage in STAGES}
     assert counts == dict.fromkeys(STAGES, 3)
+
+
+def test_noise_split_separates_atrophy_from_noise() -> None:
+    from alzprog.data.phantom import measure_noise_split
+
+    split = measure_noise_split(8, seed=3, mix="balanced", slices_per_subject=1, max_subjects=2)
+    assert split["atrophy_only"]["n"] == 2 * 1 * 3
+    assert 0 < split["atrophy_only"]["mean"] < split["noise_only"]["mean"]
+    assert split["adjacent_fresh_noise"]["mean"] > split["noise_only"]["mean"] * 0.9
+
+
+def test_look_matches_the_real_slices(phantom: Path, oasis_sample_files: list[Path], tmp_path: Path) -> None:
+    from alzprog.data.phantom import look_statistics, save_figures
+
+    real = look_statistics(oasis_sample_files)
+    syn = look_statistics(sorted((phantom / "Data").rglob("*.jpg")))
+    assert abs(syn["head_area_fraction"] - real["head_area_fraction"]) < 0.1
+    assert abs(syn["head_rows"] - real["head_rows"]) < 0.12 * real["head_rows"]
+    assert abs(syn["head_cols"] - real["head_cols"]) < 0.15 * real["head_cols"]
+    for s, r in zip(syn["percentiles_10_25_50_75_90_99"], real["percentiles_10_25_50_75_90_99"]):
+        assert abs(s - r) < 0.4 * r + 10, (syn, real)
+    written = save_figures(phantom, tmp_path, real_image=oasis_sample_files[0])
+    assert [p.name for p in written] == ["phantom_vs_real.png", "phantom_progression.png", "phantom_ventricles.png"]
+    assert all(p.stat().st_size > 10_000 for p in written)
