@@ -183,3 +183,21 @@ def test_shuffle_subject_labels_keeps_subjects_consistent():
     assert (out.groupby("subject")["stage_index"].nunique() == 1).all()
     assert sorted(out["stage_index"]) == sorted(frame["stage_index"])  # a permutation
     assert (out["stage_index"] != frame["stage_index"]).mean() > 0.5
+
+
+def test_config_resolution_order(tmp_path):
+    from alzprog.training.config import load_config, save_config
+
+    user = tmp_path / "user.yaml"
+    user.write_text("batch_size: 7\nphase2:\n  lr: 0.5\n")
+    cfg = load_config("classifier", "full", user, {"batch_size": 9, "phase1.epochs": None, "model.image_size": 64})
+    assert cfg["batch_size"] == 9  # flag beats file
+    assert cfg["phase2"]["lr"] == 0.5 and cfg["phase2"]["epochs"] == 20  # file beats preset, siblings kept
+    assert cfg["phase1"]["epochs"] == 10  # None = flag not given
+    assert cfg["model"]["image_size"] == 64 and cfg["model"]["arch"] == "efficientnet_b4"
+    assert cfg["preset"] == "full"
+    import yaml
+
+    assert yaml.safe_load(save_config(cfg, tmp_path / "c.yaml").read_text()) == cfg
+    with pytest.raises(FileNotFoundError, match="available"):
+        load_config("classifier", "nope")
