@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -120,7 +121,7 @@ def test_mlflow_uses_postgres_and_serves_artifacts_from_a_volume(compose_model):
     assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].endswith("@postgres:5432/mlflow")
     assert any(v["target"] == "/mlartifacts" and v["type"] == "volume" for v in mlflow["volumes"])
     cmd = (REPO / "deploy" / "docker" / "mlflow.Dockerfile").read_text()
-    for flag in ("--backend-store-uri", "--artifacts-destination /mlartifacts", "--serve-artifacts"):
+    for flag in ("--backend-store-uri", "--artifacts-destination", "${MLFLOW_ARTIFACTS_DESTINATION:-/mlartifacts}", "--serve-artifacts"):
         assert flag in cmd
 
 
@@ -324,3 +325,99 @@ def test_image_dependency_install_picks_the_right_wheels(variant, tmp_path):
         assert "torch" in installed and any(n.startswith("nvidia-") for n in installed)
         assert "onnxruntime" not in installed
         assert "CALL install --no-cache-dir onnxruntime-gpu[cuda,cudnn]==1.31.1" in log
+
+
+def _dockerfile_cmd_and_env(path: Path) -> tuple[list[str], dict[str, str]]:
+    """The final stage's CMD (exec form) and the ENV it sets, as the container would see them."""
+    stage = vd.final_stage(path.read_text())
+    joined = re.sub(r"\\\n\s*", " ", stage)
+    env: dict[str, str] = {}
+    for m in re.finditer(r"(?m)^ENV\s+(.+)$", joined):
+        for k, v in re.findall(r"(\w+)=(\S+)", m.group(1)):
+            env[k] = v
+    cmd = json.loads(re.search(r"(?m)^CMD\s+(\[.*\])\s*$", joined).group(1))
+    return cmd, env
+
+
+@pytest.mark.slow
+def test_mlflow_image_command_serves_registry_and_artifacts_on_postgresql(tmp_path, monkeypatch):
+    """Compose parity: the mlflow image's exact CMD and ENV, run here against the local
+    PostgreSQL, register a model whose artifacts go through the server, and the Host-header
+    allowlist admits `mlflow:5000` (the compose/k8s service name) but not a stranger."""
+    import signal
+    import subprocess
+    import time
+    import uuid
+
+    import httpx
+
+    # The driver the image installs; SQLAlchemy 2.1 picks it for a plain postgresql:// URI.
+    psycopg = pytest.importorskip("psycopg")
+    from conftest import free_port, wait_http
+
+    try:
+        admin = psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=3, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 with trust auth: {exc}")
+    db = f"alzprog_mlflow_parity_{uuid.uuid4().hex[:8]}"
+    admin.execute(f"CREATE DATABASE {db}")
+    cmd, image_env = _dockerfile_cmd_and_env(REPO / "deploy" / "docker" / "mlflow.Dockerfile")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "MLFLOW_SERVER_ALLOWED_HOSTS": image_env["MLFLOW_SERVER_ALLOWED_HOSTS"],
+        "MLFLOW_BACKEND_STORE_URI": f"postgresql://postgres@127.0.0.1:5432/{db}",
+        "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "mlartifacts"),
+        "MLFLOW_HOST": "127.0.0.1",
+        "MLFLOW_PORT": str(port),
+        "MLFLOW_WORKERS": "1",
+    }
+    log = open(tmp_path / "mlflow.log", "wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        try:
+            wait_http(url + "/health", timeout=120, proc=proc)
+        except Exception:
+            raise AssertionError((tmp_path / "mlflow.log").read_text()[-3000:])
+        search = "/api/2.0/mlflow/experiments/search?max_results=1"
+        assert httpx.get(url + search, headers={"Host": "mlflow:5000"}).status_code == 200
+        assert httpx.get(url + search, headers={"Host": "evil.example:5000"}).status_code == 403
+
+        from service_helpers import tiny_generator_artifact
+
+        from alzprog import registry
+
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.setenv("ALZPROG_HOME", str(tmp_path / "home"))
+        art = tiny_generator_artifact(tmp_path / "art", seed=1)
+        c = registry.client()
+        run = c.create_run(registry.ensure_experiment("compose-parity"))
+        version = registry.register_artifact(art, "compose-parity-model", run.info.run_id, alias="champion")
+        resolved = registry.resolve_model("models:/compose-parity-model@champion")
+        assert resolved.version == version
+        # The bytes travelled through the tracking server into its artifact folder.
+        stored = list((tmp_path / "mlartifacts").rglob("model.safetensors"))
+        assert len(stored) == 1
+        assert stored[0].read_bytes() == (art / "model.safetensors").read_bytes()
+        assert (resolved.local_dir / "model.safetensors").read_bytes() == stored[0].read_bytes()
+        # The registry lives in PostgreSQL.
+        with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={db}") as conn:
+            rows = conn.execute("SELECT name FROM registered_models").fetchall()
+        assert rows == [("compose-parity-model",)]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+        for _ in range(10):
+            try:
+                admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+                break
+            except psycopg.Error:
+                time.sleep(1)
+        admin.close()

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# MLflow tracking server + model registry with a PostgreSQL backend store; artifacts are
+# MLflow tracking server + model registry with a PostgreSQL backend store (psycopg 3); artifacts are
 # served through the server (--serve-artifacts) from a volume at /mlartifacts.
 # Build from the repository root:  docker build -f deploy/docker/mlflow.Dockerfile -t alzprog/mlflow .
 
@@ -10,8 +10,9 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY requirements.lock /src/requirements.lock
-# mlflow at the project's pin; psycopg2-binary is the PostgreSQL driver SQLAlchemy uses.
-RUN pip install --no-cache-dir -c /src/requirements.lock mlflow psycopg2-binary==2.9.13
+# mlflow at the project's pin; psycopg (3) is SQLAlchemy 2.1's default driver for postgresql:// URIs
+# (psycopg2 would need postgresql+psycopg2://).
+RUN pip install --no-cache-dir -c /src/requirements.lock mlflow "psycopg[binary]"
 
 FROM ${PYTHON_IMAGE} AS runtime
 # MLflow 3 refuses Host headers it does not know (DNS-rebinding guard): allow the service
@@ -26,5 +27,6 @@ USER 10001:10001
 EXPOSE 5000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=5 \
     CMD ["python", "-c", "import sys,urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:5000/health', timeout=2).status == 200 else 1)"]
-# The backend store URI comes from the environment (it carries the database password).
-CMD ["sh", "-c", "exec mlflow server --backend-store-uri \"$MLFLOW_BACKEND_STORE_URI\" --artifacts-destination /mlartifacts --serve-artifacts --host 0.0.0.0 --port 5000 --workers \"${MLFLOW_WORKERS:-2}\""]
+# The backend store URI comes from the environment (it carries the database password); the
+# other defaults are the container's and may be overridden (tests run this exact line locally).
+CMD ["sh", "-c", "exec mlflow server --backend-store-uri \"$MLFLOW_BACKEND_STORE_URI\" --artifacts-destination \"${MLFLOW_ARTIFACTS_DESTINATION:-/mlartifacts}\" --serve-artifacts --host \"${MLFLOW_HOST:-0.0.0.0}\" --port \"${MLFLOW_PORT:-5000}\" --workers \"${MLFLOW_WORKERS:-2}\""]
