@@ -215,7 +215,8 @@ def test_slow_redis_adds_at_most_one_bounded_wait_and_readiness_stays_true(gatew
         added_first = t_first - base
         added_rest = statistics.median(t for _, t in rest) - base
         assert added_first < 2 * timeout + 0.75, f"first request added {added_first:.3f}s"
-        assert added_rest < 0.25, f"Redis was not skipped during the back-off: +{added_rest:.3f}s"
+        # Not skipped, each would wait 2 x timeout = 0.5 s again; the margin is scheduling noise.
+        assert added_rest < 0.4, f"Redis was not skipped during the back-off: +{added_rest:.3f}s"
         assert ready.status_code == 200
         assert ready.json()["checks"]["cache"]["status"] == "degraded"
     finally:
