@@ -80,6 +80,8 @@ FORWARDED_REQUEST_HEADERS = frozenset(
     {"content-type", "content-length", "accept", "accept-encoding", "x-request-id", "x-api-key"}
 )
 
+LOGGED_PATHS = frozenset({"predict", "progression", "livez", "readyz", "metrics", "docs", "openapi.json"})
+
 log = logging.getLogger("alzprog.frontend")
 
 
@@ -195,6 +197,8 @@ async def proxy_api(request: Request) -> Response:
         return error_response(400, "bad_path", "Invalid API path.")
     rid = _request_id(request)
     started = time.perf_counter()
+    # Logged path: the API's route names only; anything else a client typed stays out of logs.
+    log_path = path if path in LOGGED_PATHS else "other"
 
     raw_length = request.headers.get("content-length")
     if raw_length is not None:
@@ -237,11 +241,11 @@ async def proxy_api(request: Request) -> Response:
     except ClientDisconnect:
         return Response(status_code=499)
     except httpx.TimeoutException:
-        log.warning(json.dumps({"event": "gateway_timeout", "request_id": rid, "path": path}))
+        log.warning(json.dumps({"event": "gateway_timeout", "request_id": rid, "path": log_path}))
         return error_response(504, "gateway_timeout", "The API did not answer in time.", {"Retry-After": "5"})
     except httpx.TransportError as exc:
         log.warning(
-            json.dumps({"event": "gateway_unreachable", "request_id": rid, "path": path, "error": type(exc).__name__})
+            json.dumps({"event": "gateway_unreachable", "request_id": rid, "path": log_path, "error": type(exc).__name__})
         )
         return error_response(
             503, "gateway_unavailable", "The API is not reachable right now; try again shortly.", {"Retry-After": "2"}
@@ -267,7 +271,7 @@ async def proxy_api(request: Request) -> Response:
                         "event": "proxied",
                         "request_id": rid,
                         "method": request.method,
-                        "path": path,
+                        "path": log_path,
                         "status": upstream.status_code,
                         "ms": round((time.perf_counter() - started) * 1000, 1),
                     }
