@@ -262,27 +262,30 @@ def sample_grid(source: np.ndarray, generated: np.ndarray, target: np.ndarray | 
     return np.concatenate(rows, axis=0)
 
 
-def plot_loss_curves(history: list[dict[str, Any]], path: Path) -> Path:
-    """Per-epoch generator / discriminator losses and validation in-brain SSIM."""
+def plot_loss_curves(history: list[dict[str, Any]], path: Path, step_history: list[dict[str, Any]] | None = None) -> Path:
+    """Generator / discriminator losses (per logged step window when given, else per epoch) and
+    the validation in-brain SSIM of the model and of the identity baseline per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [h["epoch"] for h in history]
+    rows, xkey, prefix = (step_history, "step", "train_") if step_history else (history, "epoch", "")
+    xs = [h[xkey] for h in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for key in ("g_adv", "d_loss"):
-        axes[0].plot(epochs, [h.get(key, np.nan) for h in history], "-o", ms=3, label=key)
+        axes[0].plot(xs, [h.get(prefix + key, np.nan) for h in rows], "-o", ms=3, label=key)
     axes[0].set_title("adversarial losses")
     for key in ("g_l1", "g_identity"):
-        if any(key in h for h in history):
-            axes[1].plot(epochs, [h.get(key, np.nan) for h in history], "-o", ms=3, label=key)
+        if any(prefix + key in h for h in rows):
+            axes[1].plot(xs, [h.get(prefix + key, np.nan) for h in rows], "-o", ms=3, label=key)
     axes[1].set_title("reconstruction losses (brain)")
-    for key, style in (("val_ssim_brain", "-o"), ("val_identity_ssim_brain", "--")):
-        axes[2].plot(epochs, [h.get(key, np.nan) for h in history], style, ms=3, label=key.replace("val_", ""))
+    epochs = [h["epoch"] for h in history]
+    for key, style in (("val_ssim_brain", "-o"), ("val_identity_ssim_brain", "--o")):
+        axes[2].plot(epochs, [h.get(key, np.nan) for h in history], style, ms=4, label=key.replace("val_", ""))
     axes[2].set_title("validation in-brain SSIM")
-    for ax in axes:
-        ax.set_xlabel("epoch")
+    for ax, label in zip(axes, (xkey, xkey, "epoch")):
+        ax.set_xlabel(label)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
@@ -453,6 +456,9 @@ def train_transition(
         mlflow.log_dict(environment_info(), "environment.json")
 
     history: list[dict[str, Any]] = []
+    step_history: list[dict[str, Any]] = []
+    window: dict[str, float] = {}
+    log_every = max(1, int(cfg.get("log_every_steps", 5)))
     step = 0
     images_seen = 0
     train_seconds = 0.0
@@ -484,8 +490,15 @@ def train_transition(
                 )
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
+                    window[k] = window.get(k, 0.0) + v
                 n_batches += 1
                 step += 1
+                if ctx.is_main and step % log_every == 0:
+                    # Step-level loss curves: a time-capped quick run may finish inside one epoch.
+                    point = {f"train_{k}": v / log_every for k, v in window.items()}
+                    step_history.append({"step": step, **point})
+                    mlflow.log_metrics(point, step=step)
+                    window = {}
                 images_seen += batch_size * ctx.world_size
                 bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items()})
                 if max_steps is not None and step >= max_steps:
@@ -517,9 +530,9 @@ def train_transition(
         version, moved = None, False
         artifact_dir = out / "model"
         if ctx.is_main:
-            plot_loss_curves(history, out / "loss_curves.png")
+            plot_loss_curves(history, out / "loss_curves.png", step_history)
             mlflow.log_artifact(str(out / "loss_curves.png"))
-            (out / "history.json").write_text(json.dumps(history, indent=2))
+            (out / "history.json").write_text(json.dumps({"epochs": history, "steps": step_history}, indent=2))
             mlflow.log_artifact(str(out / "history.json"))
             mlflow.log_metric("images_per_second", ips)
             final = _unwrap(gen).cpu().eval()
