@@ -306,3 +306,16 @@ def test_path_traversal_out_of_the_api_is_refused(frontend):
     r = httpx.get(frontend + "/api/..%2F..%2Fetc/passwd")
     assert r.status_code in (400, 404)
     assert "root:" not in r.text
+
+
+def test_client_typed_paths_and_queries_never_reach_the_log(fake_gateway, tmp_path):
+    canary = "PATIENT_CANARY_7731"
+    proc, url, log = _start_frontend(fake_gateway, tmp_path)
+    try:
+        httpx.post(url + f"/api/{canary}?name={canary}", files={"file": ("upload", b"x", "image/png")})
+        httpx.post(url + f"/api/predict?note={canary}", files={"file": ("upload", b"x", "image/png")})
+    finally:
+        _stop(proc, log)
+    text = "".join(p.read_text() for p in tmp_path.glob("frontend-*.log"))
+    assert '"path": "predict"' in text and '"path": "other"' in text, text
+    assert canary not in text
