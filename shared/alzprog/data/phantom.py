@@ -670,11 +670,11 @@ class _SliceRenderer:
 
 
 def encode_jpeg(gray: np.ndarray) -> bytes:
-    """JPEG bytes like the Kaggle slices: RGB with 3 identical channels, quality 75, 4:2:0."""
+    """JPEG bytes like the Kaggle slices: RGB with 3 identical channels, quality 75, 4:2:0, 100 dpi JFIF."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(gray, mode="L").convert("RGB").save(buf, format="JPEG", quality=75)
+    Image.fromarray(gray, mode="L").convert("RGB").save(buf, format="JPEG", quality=75, dpi=(100, 100))
     return buf.getvalue()
 
 
