@@ -491,7 +491,7 @@ class _SliceRenderer:
         h, w = IMAGE_HEIGHT, IMAGE_WIDTH
         r = np.random.default_rng([self.p.seed, 7])  # same draws for every slice of the subject
         return {
-            "levels": (r.uniform(8, 20), r.uniform(56, 70), r.uniform(90, 108)),
+            "levels": (r.uniform(8, 20), r.uniform(52, 68), r.uniform(98, 118)),
             "gamma": r.uniform(0.9, 1.1),
             "noise_sigma": r.uniform(4.0, 7.0),
             "fat_peak": r.uniform(160, 225),
