@@ -37,9 +37,10 @@ class BootstrapPlan:
 
 
 PLANS: dict[str, BootstrapPlan] = {
-    # make run on a fresh clone. Measured: the 32-subject, 3-epoch version of this plan took
-    # 1052 s on the 2-core development machine shared with five other jobs (load average ~22);
-    # this smaller one is meant to stay under 10 minutes on 2 cores of its own.
+    # make run on a fresh clone. Measured (`/usr/bin/time -v alzprog bootstrap`, fresh
+    # ALZPROG_HOME): 676 s wall on the 2-core development machine shared with five other jobs
+    # (load average ~22; the job got 21% of a CPU) for 149 s of CPU time (137 user + 12 system),
+    # so about 2.5 minutes on 2 cores of its own.
     "quick": BootstrapPlan(
         subjects=24,
         slices_per_subject=6,
