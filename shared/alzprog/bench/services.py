@@ -75,13 +75,14 @@ def pyfunc_request(image: np.ndarray) -> RequestSpec:
     return RequestSpec("POST", "/invocations", {"content": body, "headers": {"Content-Type": "application/json"}})
 
 
-def inprocess_reference(model_dir: Path, image: np.ndarray, *, repeats: int, warmup: int) -> dict[str, Any]:
-    """p50 of classifier_input + ONNX Runtime forward of ``model_dir/model.onnx``, all CPUs, in this process."""
+def inprocess_reference(model_dir: Path, image: np.ndarray, *, repeats: int, warmup: int,
+                        threads: int | None = None) -> dict[str, Any]:
+    """p50 of classifier_input + ONNX Runtime forward of ``model_dir/model.onnx`` in this process."""
     from alzprog.bench.forward import ort_session
     from alzprog.preprocessing import classifier_input
 
     cfg = json.loads((model_dir / "config.json").read_text())
-    session = ort_session(model_dir / "model.onnx", torch_threads())
+    session = ort_session(model_dir / "model.onnx", threads or torch_threads())
     name = session.get_inputs()[0].name
     size, mean, std = int(cfg["image_size"]), tuple(cfg["mean"]), tuple(cfg["std"])
 
@@ -142,9 +143,17 @@ def run(stack: BenchStack, *, quick: bool = False, repeats: int = 30) -> tuple[l
     version = stack.versions[CLASSIFIER_MODEL_NAME]
     model_dir = Path(resolve_model(f"models:/{CLASSIFIER_MODEL_NAME}/{version}").local_dir)
 
-    ref = inprocess_reference(model_dir, canon.image, repeats=3 if quick else repeats, warmup=1 if quick else 3)
-    rows.append(measurement("service", "classifier c1", "in-process onnxruntime", ref, unit="request",
-                            baseline="mlflow models serve", note="classifier_input + ORT forward, all CPUs"))
+    # The in-process reference is the faster of one thread and all CPUs (with two cores busy
+    # elsewhere, one thread can win): the service is held to the best the process can do.
+    refs = []
+    for threads in sorted({1, torch_threads()}):
+        ref = inprocess_reference(model_dir, canon.image, repeats=3 if quick else repeats, warmup=1 if quick else 3,
+                                  threads=threads)
+        refs.append(ref)
+        rows.append(measurement("service", "classifier c1", f"in-process onnxruntime, {threads} thread(s)", ref,
+                                unit="request", baseline="mlflow models serve",
+                                note="classifier_input + ORT forward, no HTTP"))
+    ref = min(refs, key=lambda r: r["p50_ms"])
 
     if "classifier" not in stack.procs:
         stack.start_classifier()
