@@ -337,18 +337,23 @@ def test_dead_classifier_gives_fast_503_with_retry_after(make_gateway, sample_by
 
 
 # ----------------------------------------------------------------------------- access
-def test_api_keys_required_when_configured_and_rate_limited(make_gateway, sample_bytes):
-    key = "k" * 24
+def test_api_keys_required_when_configured_and_rate_limited(make_gateway, sample_bytes, capfd):
+    key = "KEYCANARY" + "k" * 24
+    wrong = "WRONGKEYCANARY" + "x" * 24
     gw = make_gateway(api_keys=f"web:{key}", rate_limit_burst=2, rate_limit_per_minute=1)
     r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
     assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
-    r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)}, headers={"X-API-Key": "x" * 24})
+    r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)}, headers={"X-API-Key": wrong})
     assert r.status_code == 401
+    assert wrong not in r.text
     ok = [gw.post("/predict", files={"file": ("a.jpg", sample_bytes)}, headers={"X-API-Key": key}) for _ in range(2)]
     assert [o.status_code for o in ok] == [200, 200]
     limited = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)}, headers={"X-API-Key": key})
     assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
     assert gw.get("/livez").status_code == 200  # health stays open
+    logs = capfd.readouterr()
+    assert "rate limited" in logs.err + logs.out, "the gateway's log was captured"
+    assert "KEYCANARY" not in logs.err + logs.out, "an API key reached the log"
 
 
 def test_no_canary_in_logs_or_redis(make_gateway, backends, redis_url, key_prefix, capfd):
