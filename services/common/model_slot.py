@@ -16,15 +16,12 @@ Failure policy (issue #6):
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
-
-from alzprog.paths import data_home
 
 from services.common import metrics
 
@@ -66,38 +63,12 @@ def resolve_alias(name: str, alias: str) -> ModelRef:
 
 def cached_refs(name: str) -> list[ModelRef]:
     """Digest-verified cached versions of ``name``, newest first (used when MLflow is down)."""
-    from alzprog.artifacts import CONFIG_FILE, verify_digests
+    from alzprog.registry import cached_versions
 
-    try:
-        from alzprog.registry import cached_versions
-    except ImportError:  # older registry module: read the cache layout of the contract directly
-        cached_versions = None
-    refs: list[ModelRef] = []
-    if cached_versions is not None:
-        for item in cached_versions(name):
-            refs.append(
-                ModelRef(
-                    name=str(getattr(item, "name", name)),
-                    version=str(item.version),
-                    local_dir=Path(item.local_dir),
-                    config=dict(getattr(item, "config", None) or json.loads((Path(item.local_dir) / CONFIG_FILE).read_text())),
-                    source="cache",
-                )
-            )
-        return refs
-    root = data_home() / "model-cache" / name
-    if not root.is_dir():
-        return refs
-    versions = sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: -int(p.name))
-    for d in versions:
-        try:
-            verify_digests(d)
-            cfg = json.loads((d / CONFIG_FILE).read_text())
-        except Exception as exc:  # noqa: BLE001 - a bad cache entry is skipped, not fatal
-            log.warning("cached model refused", extra={"model": name, "version": d.name, "error": type(exc).__name__})
-            continue
-        refs.append(ModelRef(name=name, version=d.name, local_dir=d, config=cfg, source="cache"))
-    return refs
+    return [
+        ModelRef(name=name, version=str(r.version), local_dir=Path(r.local_dir), config=dict(r.config), source="cache")
+        for r in cached_versions(name)
+    ]
 
 
 class ModelSlot(Generic[T]):
