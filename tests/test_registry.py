@@ -48,6 +48,12 @@ def test_register_resolve_and_champion_rule(mlflow_server, model_dir):
     assert registry.get_alias_version(name, "champion") == "2"
     assert registry.promote_if_better(name, "3", "val_macro_f1", 0.45) is True  # beats 0.40
     assert registry.get_alias_version(name, "champion") == "3"
+    # A tie keeps the champion, also for values that differ only after 6 decimals.
+    with mlflow.start_run(experiment_id=exp) as run:
+        v4 = registry.register_artifact(model_dir, name, run.info.run_id)
+    assert registry.promote_if_better(name, "3", "val_macro_f1", 0.4500001234) is True  # re-tag v3
+    assert registry.promote_if_better(name, v4, "val_macro_f1", 0.4500001234) is False
+    assert registry.get_alias_version(name, "champion") == "3"
 
     resolved = registry.resolve_model(f"models:/{name}@champion")
     assert resolved.version == "3"

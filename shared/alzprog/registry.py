@@ -151,10 +151,12 @@ def promote_if_better(
     """Move ``alias`` to ``version`` when its metric beats the current holder's, or when forced.
 
     The metric is recorded on the new version as a tag ``metric_key`` either way, so the next
-    candidate has something to beat. Higher is better. Returns whether the alias moved.
+    candidate has something to beat. Higher is better; a tie keeps the champion. Returns
+    whether the alias moved.
     """
     version = str(version)
-    set_version_tag(name, version, metric_key, f"{float(value):.6f}")
+    # Full precision: a rounded tag would let an equal candidate "beat" the champion.
+    set_version_tag(name, version, metric_key, repr(float(value)))
     current = get_alias_version(name, alias)
     if force or current is None:
         set_alias(name, alias, version)
@@ -167,7 +169,7 @@ def promote_if_better(
     except ValueError:
         current_value = float("nan")
     # A champion without the metric tag cannot be compared, so the measured candidate wins.
-    if current_value != current_value or float(value) > current_value:
+    if current_value != current_value or float(value) > current_value + 1e-9:
         set_alias(name, alias, version)
         log.info("%s@%s -> version %s (%s %.4f > %.4f)", name, alias, version, metric_key, value, current_value)
         return True

@@ -566,7 +566,7 @@ def _finish_main(cfg, split_dir, model, best, history, train_df, val_df, val_ds,
     version = None
     promoted = False
     if register:
-        tags = {"val_macro_f1": f"{best['f1']:.6f}", "preset": str(cfg.get("preset")),
+        tags = {"val_macro_f1": repr(float(best["f1"])), "preset": str(cfg.get("preset")),
                 "pretrained": str(cfg.get("pretrained")), "control": "shuffled_labels" if shuffle_labels else "none"}
         version = registry.register_artifact(model_dir, CLASSIFIER_MODEL_NAME, run_id, tags=tags)
         if shuffle_labels:
