@@ -12,11 +12,9 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 
 import httpx
 import pytest
-import redis
 from service_helpers import classify_count, progress_count, start_service, wait_ready
 
 from alzprog.constants import CLASSIFIER_EXPERIMENT, CLASSIFIER_MODEL_NAME, STAGES, TRANSITIONS, progression_model_name
@@ -113,6 +111,14 @@ def test_new_champion_is_picked_up_without_restart(stack, nd_sample, registered_
     assert served["model"]["version"] == new, "the new champion was not picked up"
     assert served["cached"] is False, "the old champion's cached answer must not be served"
     assert clf.proc.pid == pid and clf.proc.poll() is None, "no restart"
+    # Put the original champion back (the stack is shared with other tests); it is picked up too.
+    registry.set_alias(CLASSIFIER_MODEL_NAME, "champion", old)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if httpx.get(clf.url + "/v1/info", timeout=10).json()["models"][0]["version"] == old:
+            break
+        time.sleep(0.5)
+    assert httpx.get(clf.url + "/v1/info", timeout=10).json()["models"][0]["version"] == old
 
 
 def test_killed_generator_gives_fast_503_while_predict_works_then_recovers(stack, nd_sample):
