@@ -80,3 +80,18 @@ def test_explain_cli_on_a_phantom_slice(tiny_phantom, tmp_path):
     rc = cli_main(["explain", str(image), "--out", str(out), "--model", str(tmp_path / "m")])
     assert rc == 0
     assert Image.open(out).size == (256, 256)
+
+
+def test_explain_cli_refuses_bad_input(tmp_path, capsys):
+    from alzprog.artifacts import save_artifact
+    from alzprog.cli import main as cli_main
+    from alzprog.models.stage_classifier import build_stage_classifier, classifier_config
+
+    cfg = classifier_config("efficientnet_b0", 32, width_mult=0.25, depth_mult=0.25, pretrained="none")
+    save_artifact(tmp_path / "m", build_stage_classifier(cfg).eval(), cfg, torch.randn(1, 3, 32, 32), export_onnx=False)
+    bad = tmp_path / "not_an_image.jpg"
+    bad.write_bytes(b"hello, not an image")
+    assert cli_main(["explain", str(bad), "--out", str(tmp_path / "o.png"), "--model", str(tmp_path / "m")]) == 2
+    assert cli_main(["explain", str(tmp_path), "--out", str(tmp_path / "o.png"), "--model", str(tmp_path / "m")]) == 2
+    assert "error" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()

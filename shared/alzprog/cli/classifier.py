@@ -134,10 +134,17 @@ def _explain(args: argparse.Namespace) -> int:
     from alzprog.evaluation.classifier import _resolve
     from alzprog.explain import explain_image
 
+    if not args.image.is_file():
+        print(f"error: {args.image} is not a file", file=sys.stderr)
+        return 2
     local_dir, _ = _resolve(args.model)
     art = load_artifact(local_dir, device=args.device)
     target = stage_index(args.target) if args.target is not None else None
-    r = explain_image(art.model, art.config, args.image.read_bytes(), target)
+    try:
+        r = explain_image(art.model, art.config, args.image.read_bytes(), target)
+    except ValueError as exc:  # ImageDecodeError is a ValueError with a short code
+        print(f"error: cannot read {args.image}: {exc}", file=sys.stderr)
+        return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(r["overlay_png"])
     print(json.dumps({
