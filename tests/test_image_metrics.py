@@ -104,3 +104,14 @@ def test_batched_metrics_are_per_image() -> None:
     assert batch["ssim"].shape == (2,)
     assert batch["ssim_brain"][1] == pytest.approx(one["ssim_brain"][0], abs=1e-12)
     assert batch["ssim"][0] == pytest.approx(structural_similarity(a, b, data_range=255), abs=1e-9)
+
+
+def test_fid_few_samples_many_dimensions_matches_matrix_square_root() -> None:
+    """The sample-space trace (N < D) equals the D x D matrix-square-root formula."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(0.0, 1.0, size=(40, 60))
+    y = rng.normal(0.5, 1.5, size=(30, 60)) + x[:30] * 0.3
+    fast = im.fid_from_features(x, y)
+    slow = im.frechet_distance(*im.feature_stats(x), *im.feature_stats(y))
+    assert fast == pytest.approx(slow, rel=1e-5)
+    assert im.fid_from_features(x, x) == pytest.approx(0.0, abs=1e-8)

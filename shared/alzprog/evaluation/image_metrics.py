@@ -153,8 +153,26 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
-    """FID between two sets of feature vectors."""
-    return frechet_distance(*feature_stats(real), *feature_stats(fake))
+    """FID between two sets of feature vectors (N1, D) and (N2, D).
+
+    With fewer samples than dimensions (the usual case for a held-out test set and a
+    classifier's 1000+-d features) the D x D matrix square root is singular and slow; the same
+    trace is then computed exactly from the samples: with centred ``X1``, ``X2``,
+    ``Tr((S1 S2)^(1/2)) = sum of singular values of X1 X2^T / sqrt((N1-1)(N2-1))``
+    (the non-zero eigenvalues of ``X1^T X1 X2^T X2`` are those of ``(X1 X2^T)(X1 X2^T)^T``).
+    """
+    a, b = np.asarray(real, dtype=np.float64), np.asarray(fake, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] < 2 or b.shape[0] < 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"need two (N, D) feature sets with N >= 2, got {a.shape} and {b.shape}")
+    if a.shape[1] <= min(a.shape[0], b.shape[0]):
+        return frechet_distance(*feature_stats(a), *feature_stats(b))
+    mu1, mu2 = a.mean(axis=0), b.mean(axis=0)
+    x1, x2 = a - mu1, b - mu2
+    n1, n2 = a.shape[0] - 1.0, b.shape[0] - 1.0
+    tr1, tr2 = float((x1 * x1).sum() / n1), float((x2 * x2).sum() / n2)
+    tr_cross = float(np.linalg.svd(x1 @ x2.T, compute_uv=False).sum() / np.sqrt(n1 * n2))
+    diff = mu1 - mu2
+    return float(diff.dot(diff) + tr1 + tr2 - 2.0 * tr_cross)
 
 
 def penultimate_features(model: nn.Module, inputs: torch.Tensor, batch_size: int = 32) -> np.ndarray:
