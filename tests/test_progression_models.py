@@ -165,3 +165,20 @@ def test_norm_none_generator_has_no_running_statistics() -> None:
     x, m = _batch()
     with torch.no_grad():
         assert torch.equal(gen.train()(x, m), gen.eval()(x, m))
+
+
+def test_progress_cli_fails_cleanly(tmp_path: Path, monkeypatch, oasis_sample_files: list[Path], capsys) -> None:
+    """Bad stage, unreadable image and missing generators give exit code 2 and a message, no output."""
+    from alzprog.cli import main
+
+    image = str(oasis_sample_files[0])
+    out = tmp_path / "out"
+    assert main(["progress", image, "--out", str(out), "--from-stage", "severe"]) == 2
+    assert "unknown stage" in capsys.readouterr().err
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image at all")
+    assert main(["progress", str(junk), "--out", str(out), "--from-stage", "nd"]) == 2
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert main(["progress", image, "--out", str(out), "--from-stage", "nd"]) == 2
+    assert "no alias 'champion'" in capsys.readouterr().err
+    assert not out.exists()

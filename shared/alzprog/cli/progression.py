@@ -180,10 +180,18 @@ def _progress(args: argparse.Namespace) -> int:
             return 2
         how = "given"
     else:
-        model, config, version = load_classifier(args.classifier, device=args.device)
+        try:
+            model, config, version = load_classifier(args.classifier, device=args.device)
+        except LookupError as exc:
+            print(f"error: {exc}; train and register a stage classifier, or pass --from-stage", file=sys.stderr)
+            return 2
         start, probs = classify_stage(canonical.image, model, config)
         how = f"classified by stage classifier v{version} (p={probs[start]:.2f})"
-    generators = load_chain_generators(args.alias, device=args.device)
+    try:
+        generators = load_chain_generators(args.alias, device=args.device)
+    except LookupError as exc:
+        print(f"error: {exc}; run `alzprog train progression --transition all` first", file=sys.stderr)
+        return 2
     result = run_chain(canonical.image, start, generators, canonical=True)
     args.out.mkdir(parents=True, exist_ok=True)
     written = []
