@@ -204,3 +204,30 @@ def test_training_refuses_a_leaky_split(tiny_split: Path, tmp_path: Path, tiny_c
     pd.concat([train, test.head(1)]).to_csv(leaky / "train.csv", index=False)
     with pytest.raises(LeakageError):
         main(["train", "progression", "--split", str(leaky), "--transition", "nd-vmd", "--config", str(tiny_config), "--max-steps", "1"])
+
+
+def test_unpaired_objective_on_a_cross_sectional_split(mlflow_server: str, tiny_split: Path, tiny_config: Path, tmp_path: Path) -> None:
+    """Without longitudinal data the trainer falls back to the unpaired objective (never pairs people)."""
+    import pandas as pd
+    import yaml as _yaml
+
+    cross = tmp_path / "cross_split"
+    cross.mkdir()
+    for side in ("train", "val", "test"):
+        frame = pd.read_csv(tiny_split / f"{side}.csv", dtype={"subject": str})
+        new_paths = []
+        for p in frame["path"]:
+            dst = tmp_path / "Data" / Path(p).parent.name / Path(p).name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, dst)
+            new_paths.append(str(dst))
+        frame.assign(path=new_paths).to_csv(cross / f"{side}.csv", index=False)
+    shutil.copy(tiny_split / "split_report.json", cross / "split_report.json")
+    out = tmp_path / "run"
+    assert main(["train", "progression", "--split", str(cross), "--transition", "vmd-md", "--preset", "quick",
+                 "--config", str(tiny_config), "--max-steps", "2", "--no-register", "--out", str(out)]) == 0
+    resolved = _yaml.safe_load((out / "vmd-md" / "config.yaml").read_text())
+    assert resolved["paired"] is False and resolved["n_train_pairs"] == 0
+    history = json.loads((out / "vmd-md" / "history.json").read_text())
+    assert "g_identity" in history["epochs"][-1] and "g_l1" not in history["epochs"][-1]
+    assert (out / "vmd-md" / "model" / "model.onnx").is_file()
