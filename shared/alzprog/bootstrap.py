@@ -37,14 +37,17 @@ class BootstrapPlan:
 
 
 PLANS: dict[str, BootstrapPlan] = {
-    # make run on a fresh clone. Measured (`/usr/bin/time -v alzprog bootstrap`, fresh
-    # ALZPROG_HOME): 676 s wall on the 2-core development machine shared with five other jobs
-    # (load average ~22; the job got 21% of a CPU) for 149 s of CPU time (137 user + 12 system),
-    # so about 2.5 minutes on 2 cores of its own.
+    # make run on a fresh clone: the classifier's quick preset (early stopping on) with at most
+    # 20 epochs after the head, on 64 phantom subjects, and short generator runs. Measured
+    # (`/usr/bin/time -v alzprog bootstrap`, fresh ALZPROG_HOME, local sqlite store) on the
+    # 2-core development machine shared with other jobs (load average ~6, the job got 72% of
+    # one CPU): 512 s for the steps, 8 min 36 s wall in all, 372 s of CPU time (359 user + 12
+    # system); classifier validation macro-F1 0.278 (4 stages; a single-class model scores 0.10).
+    # A smaller plan (24 subjects, 3 epochs) took 154 s but its classifier stayed single-class.
     "quick": BootstrapPlan(
-        subjects=24,
+        subjects=64,
         slices_per_subject=6,
-        classifier_overrides={"phase1.epochs": 1, "phase2.epochs": 2, "phase2.early_stop_patience": 0},
+        classifier_overrides={"phase2.epochs": 20},
         progression_overrides={"epochs": 2, "samples_per_epoch": 96, "time_limit_s": 45, "val_max_pairs": 8},
     ),
     # Tests: seconds, on the session's tiny phantom split.
