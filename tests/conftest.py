@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-OASIS_SAMPLES = (REPO.parent / "shared" / "oasis-samples").resolve()
+# The real samples live beside the checkout (../shared/oasis-samples); ALZPROG_OASIS_SAMPLES
+# points elsewhere (e.g. a clone made outside the workspace).
+OASIS_SAMPLES = Path(os.environ.get("ALZPROG_OASIS_SAMPLES", REPO.parent / "shared" / "oasis-samples")).resolve()
 BIN = Path(sys.executable).parent
 
 
