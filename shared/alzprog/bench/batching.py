@@ -57,6 +57,20 @@ def on_off_env(fields: dict[str, Any]) -> tuple[dict[str, str], dict[str, str], 
     return on, off, ", ".join(d for d in desc if d)
 
 
+def _batch_stats(url: str) -> str:
+    """Batches and requests the service ran so far (its ``/v1/info``), as text; '' if it does not say."""
+    import httpx
+
+    try:
+        info = httpx.get(url + "/v1/info", timeout=5).json().get("batching") or {}
+    except (httpx.HTTPError, ValueError):
+        return ""
+    batches, items = info.get("batches"), info.get("items")
+    if not batches:
+        return ""
+    return f"{items} requests in {batches} batches (mean batch {items / batches:.1f})"
+
+
 def run(stack: BenchStack, *, quick: bool = False) -> tuple[list[Measurement], dict[str, float], list[str]]:
     """Comparison 4. Returns rows, ``{"batching_throughput_gain_c16": ...}`` and notes.
 
@@ -89,15 +103,25 @@ def run(stack: BenchStack, *, quick: bool = False) -> tuple[list[Measurement], d
     concs = (16, 1)
     variants = [("batching off", off), ("batching on", on),
                 ("batching on, all CPUs per batch", {**on, "CLASSIFIER_INTRA_OP_THREADS": cpus})]
+    if not quick:
+        # Control: no batching, one request at a time with every CPU. Separates what batching
+        # brings from what giving all CPUs to one inference brings.
+        variants.append(("batching off, one request at a time with all CPUs",
+                         {**off, "CLASSIFIER_INTRA_OP_THREADS": cpus, "CLASSIFIER_MAX_CONCURRENCY": "1"}))
     rows: list[Measurement] = []
     for variant, env in variants:
         name = "classifier-" + variant.replace(" ", "-").replace(",", "")
         stack.start_classifier(name, env)
         try:
-            rows += bench_classifier_service(stack, image, quick=quick, case_prefix="classifier", variant=variant,
-                                             name=name, concurrencies=concs, baseline="batching off",
-                                             comparison="batching",
-                                             note=" ".join(f"{k}={v}" for k, v in env.items()))
+            new = bench_classifier_service(stack, image, quick=quick, case_prefix="classifier", variant=variant,
+                                           name=name, concurrencies=concs, baseline="batching off",
+                                           comparison="batching",
+                                           note=" ".join(f"{k}={v}" for k, v in env.items()))
+            stats = _batch_stats(stack.procs[name].url)
+            if stats:
+                for r in new:
+                    r.note += f"; whole run: {stats}"
+            rows += new
         finally:
             stack.stop(name)
     by = {(r.case, r.variant): r for r in rows}
@@ -105,7 +129,7 @@ def run(stack: BenchStack, *, quick: bool = False) -> tuple[list[Measurement], d
     off_c1 = by[("classifier c1", "batching off")]
     notes = []
     gains = {}
-    for variant, _ in variants[1:]:
+    for variant, _ in variants[1:3]:
         gain = by[("classifier c16", variant)].throughput / off_c16.throughput
         cost = by[("classifier c1", variant)].p50_ms / off_c1.p50_ms
         gains[variant] = gain
