@@ -151,3 +151,14 @@ def classify_count(url: str) -> float:
 def progress_count(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=5).text
     return metric_value(text, "alzprog_http_requests_total", route="/v1/progress")
+
+
+def wait_client_ready(client, timeout: float = 60.0) -> dict:
+    """Poll an in-process TestClient's ``/readyz`` until 200; return its JSON."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = client.get("/readyz")
+        if r.status_code == 200:
+            return r.json()
+        time.sleep(0.1)
+    raise AssertionError(f"not ready: {r.json()}")

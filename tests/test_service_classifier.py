@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import dead_port, seed_cache, tiny_classifier_artifact
+from service_helpers import dead_port, seed_cache, tiny_classifier_artifact, wait_client_ready as wait_ready
 
 from alzprog.constants import CLASSIFIER_MODEL_NAME, STAGES
 from services.classifier.app import create_app
@@ -42,16 +42,6 @@ def settings(**kw) -> Settings:
     base = dict(retry_seconds=0.2, poll_seconds=0.5, max_concurrency=1, max_queue=2)
     base.update(kw)
     return Settings(**base)
-
-
-def wait_ready(client: TestClient, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = client.get("/readyz")
-        if r.status_code == 200:
-            return r.json()
-        time.sleep(0.1)
-    raise AssertionError(f"not ready: {r.json()}")
 
 
 def canonical_body(seed: int = 0) -> tuple[bytes, dict[str, str]]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from service_helpers import dead_port, seed_cache, tiny_generator_artifact
+from service_helpers import dead_port, seed_cache, tiny_generator_artifact, wait_client_ready as wait_ready
 
 from alzprog.constants import STAGES, TRANSITIONS, progression_model_name
 from services.common.wire import encode_canonical
@@ -37,16 +37,6 @@ def seed_all(home: Path, gen_artifacts: dict[str, Path], skip: str | None = None
     for slug, _, _ in TRANSITIONS:
         if slug != skip:
             seed_cache(home, progression_model_name(slug), 1, gen_artifacts[slug])
-
-
-def wait_ready(client: TestClient, timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = client.get("/readyz")
-        if r.status_code == 200:
-            return r.json()
-        time.sleep(0.1)
-    raise AssertionError(f"not ready: {r.json()}")
 
 
 def canonical(seed: int = 0):
