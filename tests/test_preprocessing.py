@@ -28,6 +28,8 @@ from alzprog.preprocessing import (
     IMAGENET_STD,
     CanonicalSlice,
     brain_mask,
+    canonical_image,
+    canonical_sha256,
     canonicalize,
     classifier_input,
     generator_input,
@@ -179,6 +181,17 @@ def test_canonicalize_deterministic_and_sha(real_slices):
 def test_canonicalize_mask_is_the_mask_of_the_canonical_image(real_slices):
     c = canonicalize(real_slices[3])
     np.testing.assert_array_equal(c.mask, brain_mask(c.image))
+
+
+def test_canonical_image_without_mask_is_canonicalize_image_and_its_sha(real_slices):
+    """The gateway's mask-free path gives the same pixels, hash and (recomputed) mask."""
+    for gray in real_slices[:3]:
+        c = canonicalize(gray)
+        image = canonical_image(gray)
+        np.testing.assert_array_equal(image, c.image)
+        assert not image.flags.writeable
+        assert canonical_sha256(image) == c.sha256
+        np.testing.assert_array_equal(brain_mask(image), c.mask)
 
 
 def test_canonicalize_a_canonical_slice_keeps_its_framing(real_slices):

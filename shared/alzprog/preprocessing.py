@@ -301,10 +301,7 @@ class CanonicalSlice:
     @property
     def sha256(self) -> str:
         """Hex SHA-256 over the shape and pixel bytes: the services' cache key."""
-        h = hashlib.sha256()
-        h.update(f"{self.image.shape[0]}x{self.image.shape[1]}:".encode())
-        h.update(np.ascontiguousarray(self.image, dtype=np.uint8).tobytes())
-        return h.hexdigest()
+        return canonical_sha256(self.image)
 
     @property
     def size(self) -> int:
@@ -342,6 +339,18 @@ def canonicalize(gray: np.ndarray, size: int = CANONICAL_SIZE) -> CanonicalSlice
     Deterministic; the mask is :func:`brain_mask` of the canonical image, so a canonical
     image always carries the same mask whoever computes it.
     """
+    image = canonical_image(gray, size)
+    mask = brain_mask(image)
+    mask.setflags(write=False)
+    return CanonicalSlice(image=image, mask=mask)
+
+
+def canonical_image(gray: np.ndarray, size: int = CANONICAL_SIZE) -> np.ndarray:
+    """The image of :func:`canonicalize` without its brain mask (read-only uint8 ``size`` x ``size``).
+
+    For callers that may not need the mask (the gateway computes it only when a request uses
+    it): ``brain_mask(canonical_image(g))`` equals ``canonicalize(g).mask``.
+    """
     if int(size) < 16:
         raise ValueError(f"size must be at least 16, got {size}")
     g8 = _to_uint8_gray(gray)
@@ -353,10 +362,16 @@ def canonicalize(gray: np.ndarray, size: int = CANONICAL_SIZE) -> CanonicalSlice
     y0, x0 = (side - h) // 2, (side - w) // 2
     square[y0 : y0 + h, x0 : x0 + w] = crop
     image = _resize(square, (size, size), Image.BILINEAR).copy()
-    mask = brain_mask(image)
     image.setflags(write=False)
-    mask.setflags(write=False)
-    return CanonicalSlice(image=image, mask=mask)
+    return image
+
+
+def canonical_sha256(image: np.ndarray) -> str:
+    """Hex SHA-256 over a canonical image's shape and pixel bytes (:attr:`CanonicalSlice.sha256`)."""
+    h = hashlib.sha256()
+    h.update(f"{image.shape[0]}x{image.shape[1]}:".encode())
+    h.update(np.ascontiguousarray(image, dtype=np.uint8).tobytes())
+    return h.hexdigest()
 
 
 def load_canonical(path_or_bytes: str | Path | bytes, size: int = CANONICAL_SIZE) -> CanonicalSlice:
