@@ -13,7 +13,10 @@ from alzprog.models import build_model
 from alzprog.models.progression_generator import (
     ConditionalPatchDiscriminator,
     DCGANDiscriminator,
+    LiteUNetGenerator,
+    ResidualUNetGenerator,
     build_discriminator,
+    build_generator,
     generator_config,
     patch_weights,
     stack_input,
@@ -29,7 +32,13 @@ def _batch(n: int = 2, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     return x, m
 
 
-@pytest.mark.parametrize("variant,kw", [("dcgan", {}), ("default", {"base_channels": 4, "depth": 3}), ("default", {"base_channels": 8, "depth": 2})])
+@pytest.mark.parametrize("variant,kw", [
+    ("dcgan", {}),
+    ("default", {"base_channels": 4, "depth": 3}),
+    ("default", {"base_channels": 8, "depth": 2}),
+    ("default", {"arch": "lite", "base_channels": 4, "depth": 4}),
+    ("default", {"arch": "unet", "base_channels": 4, "depth": 3}),
+])
 def test_generator_shapes_and_range(variant: str, kw: dict) -> None:
     model = build_model(generator_config(variant, **kw)).eval()
     x, m = _batch()
@@ -53,8 +62,9 @@ def test_dcgan_ignores_mask_and_is_unconditional() -> None:
     assert torch.equal(disc(x, x, m), disc(other_source, x, m))
 
 
-def test_default_generator_starts_as_identity_and_changes_only_the_brain() -> None:
-    gen = build_model(generator_config("default", base_channels=4)).eval()
+@pytest.mark.parametrize("arch", ["lite", "unet"])
+def test_default_generator_starts_as_identity_and_changes_only_the_brain(arch: str) -> None:
+    gen = build_model(generator_config("default", arch=arch, base_channels=4)).eval()
     x, m = _batch()
     assert torch.equal(gen(x, m), x)  # zero-initialised change head
     with torch.no_grad():
@@ -156,9 +166,39 @@ def test_pairs_csv_is_restricted_to_the_side(tiny_split: Path, tmp_path: Path) -
     assert len(find_pairs(frames["train"], "nd-vmd", csv)) == 0
 
 
-def test_norm_none_generator_has_no_running_statistics() -> None:
+def test_generator_arch_is_chosen_by_config_and_old_artifacts_stay_unets() -> None:
+    """New configs default to the lite U-Net; an artifact config from before ``arch`` existed
+    (it has ``kind`` but no ``arch``) rebuilds the first U-Net it was trained as; typos fail."""
+    assert isinstance(build_generator(generator_config("default", base_channels=4)), LiteUNetGenerator)
+    old = generator_config("default", base_channels=4, depth=2)
+    del old["arch"]
+    assert isinstance(build_generator(old), ResidualUNetGenerator)
+    with pytest.raises(ValueError, match="arch"):
+        build_generator(generator_config("default", arch="resnet"))
+
+
+def test_lite_generator_is_a_fraction_of_the_first_unets_work() -> None:
+    """The production (preset) generator costs a quarter of the published dcgan's multiply-adds or less."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from alzprog.training.config import load_config
+
+    def gmacs(cfg: dict) -> float:
+        model = build_generator(cfg).eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.zeros(1, 2, 256, 256))
+        return counter.get_total_flops() / 2e9
+
+    preset = load_config("progression", "full")
+    lite = gmacs(generator_config("default", arch=preset["arch"], base_channels=preset["base_channels"], depth=preset["depth"]))
+    dcgan = gmacs(generator_config("dcgan"))
+    assert lite <= 0.3 * dcgan, (lite, dcgan)
+
+
+@pytest.mark.parametrize("arch", ["lite", "unet"])
+def test_norm_none_generator_has_no_running_statistics(arch: str) -> None:
     """Crop-trained ``norm: none`` U-Nets behave the same in train and eval mode (no BN state)."""
-    gen = build_model(generator_config("default", base_channels=4, norm="none"))
+    gen = build_model(generator_config("default", arch=arch, base_channels=4, norm="none"))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in gen.modules())
     with torch.no_grad():
         torch.nn.init.normal_(gen.head.weight, 0, 0.1)

@@ -21,6 +21,8 @@ def _add_training_args(p: argparse.ArgumentParser, *, variant: bool = True) -> N
     if variant:
         p.add_argument("--variant", choices=("default", "dcgan"), default=None,
                        help="default: identity-preserving U-Net + conditional ROI discriminator; dcgan: the published baseline")
+    p.add_argument("--arch", choices=("lite", "unet"), default=None,
+                   help="U-Net of the default variant: lite (fast, the presets') or unet (the first, 17 GMAC design)")
     p.add_argument("--roi", dest="roi", action="store_true", default=None, help="brain-ROI discriminator (preset default: on)")
     p.add_argument("--no-roi", dest="roi", action="store_false", help="discriminator judges the whole frame")
     p.add_argument("--epochs", type=int, default=None)
@@ -39,7 +41,7 @@ def _add_training_args(p: argparse.ArgumentParser, *, variant: bool = True) -> N
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    keys = ("variant", "roi", "epochs", "batch_size", "lr", "samples_per_epoch", "crop_size", "device", "amp",
+    keys = ("variant", "arch", "roi", "epochs", "batch_size", "lr", "samples_per_epoch", "crop_size", "device", "amp",
             "seed", "max_steps", "time_limit_s", "num_threads", "progress")
     return {k: getattr(args, k, None) for k in keys}
 

@@ -321,6 +321,7 @@ def _model_config(cfg: dict[str, Any], transition: str) -> dict[str, Any]:
     src, tgt = transition_stages(transition)
     return generator_config(
         cfg["variant"],
+        arch=str(cfg.get("arch", "lite")),
         base_channels=int(cfg["base_channels"]),
         depth=int(cfg["depth"]),
         max_change=float(cfg.get("max_change", 1.0)),
