@@ -29,7 +29,7 @@ from services.common.cpu import available_cpus
 from services.common.errors import ERROR_RESPONSES, ServiceError, unavailable
 from services.common.logs import configure_logging
 from services.common.model_slot import ModelSlot, SlotWatcher
-from services.common.ort import choose_providers, intra_op_threads
+from services.common.ort import choose_providers, thread_policy
 from services.common.wire import SHAPE_HEADER, decode_canonical
 
 SERVICE = "classifier"
@@ -58,7 +58,7 @@ class ClassifierState:
         self.settings = settings
         self.concurrency = settings.max_concurrency or available_cpus()
         providers = choose_providers(settings.providers)
-        threads = intra_op_threads(settings.intra_op_threads, self.concurrency)
+        threads = thread_policy(settings.intra_op_threads, self.concurrency)
         self.slot: ModelSlot[ClassifierRuntime] = ModelSlot(SERVICE, settings.model_name, settings.alias, make_loader(providers, threads))
         self.watcher = SlotWatcher([self.slot], poll_s=settings.poll_seconds, retry_s=settings.retry_seconds)
         # With batching, a worker serves up to batch_max_size requests at once.
@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.watcher.start()
         if state.batcher is not None:
             state.batcher.start()
-        log.info("classifier starting", extra={"concurrency": state.concurrency, "threads": state.threads, "providers": state.providers})
+        log.info("classifier starting", extra={"concurrency": state.concurrency, "threads": state.threads.describe(), "providers": state.providers})
         yield
         state.watcher.stop()
         if state.batcher is not None:

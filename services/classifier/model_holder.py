@@ -19,7 +19,7 @@ from alzprog.artifacts import ONNX_FILE
 from alzprog.constants import STAGES
 
 from services.common.model_slot import ModelRef
-from services.common.ort import make_session
+from services.common.ort import ThreadPolicy, make_session
 
 log = logging.getLogger("classifier.model")
 
@@ -33,7 +33,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class ClassifierRuntime:
     """One loaded classifier version: ``predict`` (ONNX Runtime) and ``explain`` (Grad-CAM)."""
 
-    def __init__(self, ref: ModelRef, providers: list[str], threads: int) -> None:
+    def __init__(self, ref: ModelRef, providers: list[str], threads: ThreadPolicy) -> None:
         cfg = ref.config
         if cfg.get("kind") != "stage_classifier":
             raise ValueError(f"{ref.name} v{ref.version} is not a stage classifier (kind={cfg.get('kind')!r})")
@@ -135,7 +135,7 @@ class ClassifierRuntime:
         }
 
 
-def make_loader(providers: list[str], threads: int):  # noqa: ANN201
+def make_loader(providers: list[str], threads: ThreadPolicy):  # noqa: ANN201
     """The ``ModelSlot`` loader: ``ModelRef`` -> warmed-up ``ClassifierRuntime``."""
 
     def load(ref: ModelRef) -> ClassifierRuntime:

@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(0, ge=0, description="parallel inferences; 0 = the CPUs available")
     max_queue: int = Field(16, ge=0, description="requests allowed to wait; more are refused with 503")
     queue_timeout_s: float = Field(10.0, gt=0)
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per inference; 0 = CPUs / concurrency")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per inference; 0 = adaptive: all CPUs for a lone request, CPUs / concurrency when requests overlap")
     providers: str = Field("auto", description="'auto' (CUDA when present, else CPU) or a comma list of ORT providers")
     batch_max_size: int = Field(1, ge=1, le=256, description="dynamic batching: 1 = off; >1 gathers concurrent requests")
     batch_max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits for company")

@@ -1,8 +1,20 @@
-"""ONNX Runtime sessions sized to the container: CUDA when present, threads capped to our CPUs."""
+"""ONNX Runtime sessions sized to the container: CUDA when present, threads fitted to the load.
+
+On a CPU the best thread count depends on how many requests run at once (measured on two
+AVX-512 cores, EfficientNet-B4 at 256 x 256, docs/performance.md): one request alone is fastest
+with every core (25 ms with 2 threads against 46 ms with 1), while overlapping requests get the
+most throughput with one thread each (42.6 images/s against 40.6 with 2 threads each, whose
+threads then fight over the cores). :class:`AdaptiveSession` does both: it holds two sessions of
+the same model, ``solo`` (all CPUs) for a request that runs alone and ``shared`` (CPUs /
+concurrency) as soon as requests overlap, and picks per run.
+"""
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from services.common.cpu import available_cpus
 
@@ -20,15 +32,35 @@ def choose_providers(setting: str) -> list[str]:
     return chosen or ["CPUExecutionProvider"]
 
 
-def intra_op_threads(setting: int, concurrency: int) -> int:
-    """Threads per inference so that ``concurrency`` parallel runs do not oversubscribe the CPUs."""
+@dataclass(frozen=True)
+class ThreadPolicy:
+    """Intra-op threads for a run alone (``solo``) and for runs that overlap (``shared``)."""
+
+    solo: int
+    shared: int
+
+    @property
+    def adaptive(self) -> bool:
+        return self.solo != self.shared
+
+    def describe(self) -> str:
+        return f"{self.solo} alone, {self.shared} when overlapping" if self.adaptive else str(self.solo)
+
+
+def thread_policy(setting: int, concurrency: int) -> ThreadPolicy:
+    """``setting`` > 0 fixes the threads per run; 0 = all CPUs alone, CPUs / concurrency when overlapping."""
     if setting > 0:
-        return setting
-    return max(1, available_cpus() // max(1, concurrency))
+        return ThreadPolicy(setting, setting)
+    cpus = available_cpus()
+    return ThreadPolicy(cpus, max(1, cpus // max(1, concurrency)))
 
 
-def make_session(path: Path, providers: list[str], threads: int):  # noqa: ANN201 - ort.InferenceSession
-    """An inference session for ``path`` with ``threads`` intra-op threads and one inter-op thread."""
+def intra_op_threads(setting: int, concurrency: int) -> int:
+    """Threads per run when ``concurrency`` runs overlap (no oversubscription of the CPUs)."""
+    return thread_policy(setting, concurrency).shared
+
+
+def _session(path: Path, providers: list[str], threads: int):  # noqa: ANN202 - ort.InferenceSession
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -36,3 +68,54 @@ def make_session(path: Path, providers: list[str], threads: int):  # noqa: ANN20
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), sess_options=so, providers=providers)
+
+
+class AdaptiveSession:
+    """Two sessions of one model; each ``run`` uses ``solo`` when it is the only run in progress.
+
+    A run that starts while another is in progress takes ``shared``; so under steady load every
+    run is single-threaded (best throughput) and a lone request gets every core (best latency).
+    The cost is a second copy of the weights in memory. Same ``run`` / ``get_inputs`` surface as
+    an ``InferenceSession``.
+    """
+
+    def __init__(self, path: Path, providers: list[str], policy: ThreadPolicy) -> None:
+        self.policy = policy
+        self.solo = _session(path, providers, policy.solo)
+        self.shared = _session(path, providers, policy.shared)
+        self._lock = threading.Lock()
+        self._active = 0
+        self.solo_runs = 0
+        self.shared_runs = 0
+
+    def run(self, output_names: list[str] | None, feeds: dict[str, Any]) -> list[Any]:
+        with self._lock:
+            self._active += 1
+            alone = self._active == 1
+            if alone:
+                self.solo_runs += 1
+            else:
+                self.shared_runs += 1
+        try:
+            return (self.solo if alone else self.shared).run(output_names, feeds)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def get_inputs(self) -> list[Any]:
+        return self.solo.get_inputs()
+
+    def get_providers(self) -> list[str]:
+        return self.solo.get_providers()
+
+
+def make_session(path: Path, providers: list[str], threads: int | ThreadPolicy):  # noqa: ANN201
+    """A session for ``path``: fixed ``threads``, or adaptive for a CPU-only :class:`ThreadPolicy`.
+
+    On a GPU the CPU threads only feed the device, so one session with the shared count serves.
+    """
+    if isinstance(threads, int):
+        return _session(path, providers, threads)
+    if threads.adaptive and providers == ["CPUExecutionProvider"]:
+        return AdaptiveSession(path, providers, threads)
+    return _session(path, providers, threads.shared)

@@ -27,7 +27,7 @@ from services.common.cpu import available_cpus
 from services.common.errors import ERROR_RESPONSES, ServiceError, unavailable
 from services.common.logs import configure_logging
 from services.common.model_slot import ModelSlot, SlotWatcher
-from services.common.ort import choose_providers, intra_op_threads
+from services.common.ort import choose_providers, thread_policy
 from services.common.wire import SHAPE_HEADER, decode_canonical
 from services.generator.model_holder import GeneratorRuntime, make_loader, run_chain
 from services.generator.settings import Settings, get_settings
@@ -53,11 +53,11 @@ class GeneratorState:
         self.settings = settings
         self.concurrency = settings.max_concurrency or available_cpus()
         providers = choose_providers(settings.providers)
-        threads = intra_op_threads(settings.intra_op_threads, self.concurrency)
+        threads = thread_policy(settings.intra_op_threads, self.concurrency)
         if settings.backend != "onnxruntime":
             import torch
 
-            torch.set_num_threads(threads)  # process-wide; sized like the ORT sessions
+            torch.set_num_threads(threads.solo)  # process-wide: a lone chain gets every core
         loader = make_loader(settings.backend, providers, threads)
         # Keyed by the source stage index of each transition.
         self.slots: dict[int, ModelSlot[GeneratorRuntime]] = {
@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state = GeneratorState(settings)
         app.state.svc = state
         state.watcher.start()
-        log.info("generator starting", extra={"concurrency": state.concurrency, "threads": state.threads, "providers": state.providers})
+        log.info("generator starting", extra={"concurrency": state.concurrency, "threads": state.threads.describe(), "providers": state.providers})
         yield
         state.watcher.stop()
         state.pool.shutdown(wait=True)

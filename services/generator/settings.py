@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(0, ge=0, description="parallel chains; 0 = the CPUs available")
     max_queue: int = Field(8, ge=0, description="requests allowed to wait; more are refused with 503")
     queue_timeout_s: float = Field(20.0, gt=0)
-    intra_op_threads: int = Field(0, ge=0, description="threads per forward pass; 0 = CPUs / concurrency")
+    intra_op_threads: int = Field(0, ge=0, description="threads per forward pass; 0 = adaptive: all CPUs for a lone request, CPUs / concurrency when requests overlap (ONNX Runtime; torch uses all CPUs)")
     providers: str = Field("auto", description="'auto' (CUDA when present, else CPU) or a comma list of ORT providers")
     max_body_bytes: int = Field(2 * 512 * 512, gt=0, description="internal body limit (canonical image + mask)")
     log_level: str = "INFO"
