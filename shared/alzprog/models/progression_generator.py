@@ -159,7 +159,19 @@ def conv_block(cin: int, cout: int, norm: str = "batch") -> nn.Sequential:
     )
 
 
-class ResidualUNetGenerator(nn.Module):
+class ResidualGenerator(nn.Module):
+    """Base of the default variant's generators: ``output = clamp(x + mask * change(x, mask), -1, 1)``."""
+
+    def change(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        image, m = split_input(x, mask)
+        m = m.to(image.dtype)
+        return torch.clamp(image + m * self.change(image, m), -1.0, 1.0)
+
+
+class ResidualUNetGenerator(ResidualGenerator):
     """U-Net predicting a brain-confined change: ``output = clamp(x + mask * change, -1, 1)``.
 
     Downsampling uses the dcgan's 4x4 stride-2 convolutions, upsampling its 4x4 transposed
@@ -204,11 +216,6 @@ class ResidualUNetGenerator(nn.Module):
             h = merge(torch.cat([up(h), skips.pop()], dim=1))
         return self.max_change * torch.tanh(self.head(h))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        image, m = split_input(x, mask)
-        m = m.to(image.dtype)
-        return torch.clamp(image + m * self.change(image, m), -1.0, 1.0)
-
 
 def conv_norm_relu(cin: int, cout: int, norm: str, kernel: int = 3, stride: int = 1) -> nn.Sequential:
     """One convolution (3x3, or 4x4 stride 2 to downsample), normalisation, ReLU."""
@@ -224,7 +231,7 @@ def up_norm_relu(cin: int, cout: int, norm: str) -> nn.Sequential:
     )
 
 
-class LiteUNetGenerator(nn.Module):
+class LiteUNetGenerator(ResidualGenerator):
     """The fast residual U-Net: ``output = clamp(x + mask * change, -1, 1)``, no heavy full-res work.
 
     Stem: 4x4 stride-2 convolution of (image, mask) to ``base_channels`` at half resolution.
@@ -264,11 +271,6 @@ class LiteUNetGenerator(nn.Module):
         for up, merge in zip(self.ups, self.merges):
             h = merge(torch.cat([up(h), skips.pop()], dim=1))
         return self.max_change * torch.tanh(self.head(torch.cat([self.final_up(h), inp], dim=1)))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        image, m = split_input(x, mask)
-        m = m.to(image.dtype)
-        return torch.clamp(image + m * self.change(image, m), -1.0, 1.0)
 
 
 class ConditionalPatchDiscriminator(nn.Module):
