@@ -137,7 +137,9 @@ def test_second_identical_upload_comes_from_redis_without_calling_the_classifier
     first = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
     assert first.status_code == 200 and first.json()["cached"] is False
     keys = redis_keys(redis_url, key_prefix)
-    assert len(keys) == 1 and ":predict:" in keys[0] and keys[0].endswith(":c1")
+    (result_key,) = [k for k in keys if ":predict:" in k]
+    assert result_key.endswith(":c1")
+    assert len(keys) == 2 and any(":upload:" in k for k in keys), keys  # the result and the upload record
     calls = classify_count(clf_url)
     second = gw.post("/predict", files={"file": ("b.jpg", sample_bytes)})
     assert second.status_code == 200
@@ -178,7 +180,128 @@ def test_identical_concurrent_uploads_are_computed_once(make_gateway, backends):
     bodies = {json.dumps(r.json()["probabilities"], sort_keys=True) for r in results}
     assert len(bodies) == 1, "all callers get the same answer"
     assert classify_count(backends["classifier"].url) - before < 6
+    assert gw.app.state.svc.decoder.decodes < 6, "identical concurrent uploads are decoded once"
     # Usually exactly 1; the bound allows for a request that arrived after the first finished.
+
+
+# ----------------------------------------------------------------------------- upload records
+def gateway_work(gw: TestClient) -> dict[str, int]:
+    d = gw.app.state.svc.decoder
+    return {"decodes": d.decodes, "masks": d.masks, "pngs": d.pngs}
+
+
+def test_repeated_upload_with_a_cached_result_is_answered_without_any_decode(make_gateway, sample_bytes, redis_url, key_prefix):
+    gw = make_gateway()
+    first = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
+    assert first.status_code == 200 and first.json()["cached"] is False
+    assert gateway_work(gw) == {"decodes": 1, "masks": 0, "pngs": 0}, "/predict needs neither the mask nor a PNG"
+    (record_key,) = [k for k in redis_keys(redis_url, key_prefix) if ":upload:" in k]
+    import hashlib
+
+    assert hashlib.sha256(sample_bytes).hexdigest() in record_key and record_key.endswith(":sauto")
+    record = json.loads(redis.Redis.from_url(redis_url).get(record_key))["result"]
+    assert set(record) == {"sha256"} and len(record["sha256"]) == 64
+    for _ in range(3):
+        again = gw.post("/predict", files={"file": ("b.jpg", sample_bytes)})
+        assert again.status_code == 200 and again.json()["cached"] is True
+    assert gateway_work(gw)["decodes"] == 1, "a repeated upload with a cached result must not be decoded"
+    # Other bytes, same pixels (a trailer after the JPEG's end is ignored by the decoder): no
+    # record for these bytes, so one decode finds the pixels' hash, whose result is cached.
+    other = gw.post("/predict", files={"file": ("c.jpg", sample_bytes + b"trailer")})
+    assert other.status_code == 200 and other.json()["cached"] is True
+    assert gateway_work(gw)["decodes"] == 2
+    a, b = first.json(), other.json()
+    a.pop("cached"), b.pop("cached")
+    assert a == b
+
+
+def test_progression_reuses_the_recorded_canonical_png_and_computes_the_mask_once(make_gateway, sample_bytes):
+    gw = make_gateway()
+    form = {"from_stage": "nd"}
+    first = gw.post("/progression", files={"file": ("a.jpg", sample_bytes)}, data=form)
+    assert first.status_code == 200 and first.json()["cached"] is False
+    assert gateway_work(gw) == {"decodes": 1, "masks": 1, "pngs": 1}
+    again = gw.post("/progression", files={"file": ("a.jpg", sample_bytes)}, data=form)
+    assert again.status_code == 200 and again.json()["cached"] is True
+    assert again.json()["canonical"] == first.json()["canonical"]
+    assert gateway_work(gw) == {"decodes": 1, "masks": 1, "pngs": 1}, "a full hit does no CPU work on the upload"
+    # /predict with explain needs the canonical PNG too: the record has it (no decode, no mask).
+    explained = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)}, data={"explain": "true"})
+    assert explained.status_code == 200 and explained.json()["explain"]["overlay"].startswith("data:image/png;base64,")
+    assert explained.json()["canonical"] == first.json()["canonical"]
+    # Its result (with Grad-CAM) was not cached, so the classifier needs the pixels: one decode, no mask.
+    assert gateway_work(gw) == {"decodes": 2, "masks": 1, "pngs": 1}
+
+
+def test_nifti_slice_choice_is_part_of_the_upload_record(make_gateway, redis_url, key_prefix):
+    """The same NIfTI bytes with another ``nifti_slice`` are another canonical slice."""
+    from fixtures_images import head_phantom, nifti_bytes
+
+    vol = np.stack([head_phantom(120, 100, seed=k) for k in range(6)], axis=-1)
+    data = nifti_bytes(vol)
+    gw = make_gateway()
+    answers = {}
+    for k in (1, 4, 1):
+        r = gw.post("/predict", files={"file": ("v.nii", data)}, data={"nifti_slice": str(k), "explain": "true"})
+        assert r.status_code == 200, r.text
+        answers.setdefault(k, []).append(r.json()["canonical"])
+    assert answers[1][0] == answers[1][1] != answers[4][0]
+    assert gateway_work(gw)["decodes"] == 2, "slice 1 again: answered from its record and result"
+    records = sorted(k.rsplit(":", 1)[1] for k in redis_keys(redis_url, key_prefix) if ":upload:" in k)
+    assert records == ["s1", "s4"]
+
+
+def test_corrupt_upload_record_is_a_miss_and_the_answer_stays_right(make_gateway, sample_bytes, redis_url, key_prefix):
+    gw = make_gateway()
+    good = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)}).json()
+    (record_key,) = [k for k in redis_keys(redis_url, key_prefix) if ":upload:" in k]
+    rc = redis.Redis.from_url(redis_url)
+    wrong_sha = "0" * 64  # well-formed but naming pixels nobody uploaded
+    garbage = [
+        b"\x80\x04garbage{not json",
+        b'{"v": 1, "result": {"canonical": "data:image/png;base64,AAAA"}}',
+        b'{"v": 1, "result": {"sha256": "../../etc/passwd"}}',
+        b'{"v": 1, "result": {"sha256": "' + b"a" * 64 + b'", "canonical": "javascript:alert(1)"}}',
+        json.dumps({"v": 1, "result": {"sha256": wrong_sha}}).encode(),
+    ]
+    for value in garbage:
+        rc.set(record_key, value)
+        before = gateway_work(gw)["decodes"]
+        r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
+        assert r.status_code == 200, (value, r.text)
+        assert r.json()["probabilities"] == good["probabilities"]
+        assert gateway_work(gw)["decodes"] == before + 1, f"record {value!r} was trusted"
+        record = json.loads(rc.get(record_key))["result"]
+        assert record["sha256"] != wrong_sha and len(record["sha256"]) == 64, "the record was repaired"
+
+
+def test_gateway_brain_mask_is_exactly_the_library_mask_of_the_canonical_image(sample_bytes, oasis_sample_files):
+    """The mask the gateway sends the generator: ``brain_mask`` of the canonical image, equal to
+    ``canonicalize().mask``; computed in the decode pool, no cache involved."""
+    import asyncio
+
+    from alzprog.decode import decode_slice
+    from alzprog.preprocessing import canonicalize
+    from services.gateway.cache import ResultCache, SingleFlight
+    from services.gateway.uploads import Decoder
+
+    async def run(data: bytes):
+        decoder = Decoder(ResultCache("", "t", 60, 0.1, 1.0, 1 << 20), SingleFlight(), 2, 4)
+        try:
+            up = await decoder.upload(data, None)
+            sha = await up.resolve()
+            return sha, await up.pixels(), await up.mask()
+        finally:
+            decoder.close()
+
+    for path in oasis_sample_files[:4]:
+        data = path.read_bytes()
+        sha, image, mask = asyncio.run(run(data))
+        c = canonicalize(decode_slice(data))
+        assert sha == c.sha256
+        np.testing.assert_array_equal(image, c.image)
+        np.testing.assert_array_equal(mask, c.mask)
+        assert mask.dtype == bool and 0 < mask.mean() < 1
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -310,7 +433,7 @@ def test_blackholed_redis_adds_bounded_latency(make_gateway, sample_bytes):
 def test_corrupt_cache_value_is_a_miss(make_gateway, sample_bytes, redis_url, key_prefix):
     gw = make_gateway()
     assert gw.post("/predict", files={"file": ("a.jpg", sample_bytes)}).status_code == 200
-    (key,) = redis_keys(redis_url, key_prefix)
+    (key,) = [k for k in redis_keys(redis_url, key_prefix) if ":predict:" in k]
     for garbage in (b"\x80\x04garbage{not json", b'{"v": 1, "result": {"stage": "x"}}', b"[1, 2]"):
         redis.Redis.from_url(redis_url).set(key, garbage)
         r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})

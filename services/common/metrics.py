@@ -31,6 +31,7 @@ MODEL_SWAPS = Counter("alzprog_model_swaps_total", "Champion swaps without resta
 OVERLOAD_REJECTIONS = Counter("alzprog_overload_rejections_total", "Requests refused by admission control", ["service"])
 CACHE_EVENTS = Counter("alzprog_cache_events_total", "Result cache outcomes", ["outcome"])
 BACKEND_CALLS = Counter("alzprog_backend_calls_total", "Gateway calls to backends", ["backend", "outcome"])
+GATEWAY_WORK = Counter("alzprog_gateway_work_total", "CPU work the gateway did on uploads", ["kind"])  # decode, png, brain_mask
 
 
 def observer(service: str):

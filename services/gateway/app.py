@@ -1,10 +1,12 @@
 """Gateway routes: the only public API of the stack.
 
-Follow one upload: ``POST /predict`` (or ``/progression``) -> body limit and API key
-(middleware) -> :func:`canonical_upload` decodes with ``alzprog.decode.decode_slice`` and
-canonicalises once with ``alzprog.preprocessing.canonicalize`` -> the result cache
-(:mod:`services.gateway.cache`, keyed by the pixels' SHA-256 and the served model versions)
--> on a miss the classifier, then the generator, over HTTP (:mod:`services.gateway.clients`).
+Follow one upload: ``POST /predict`` (or ``/progression``) -> API key and body limit
+(middleware) -> :meth:`~services.gateway.uploads.Upload.resolve` finds the canonical pixels'
+SHA-256 from the upload record (keyed by the raw bytes' hash), or decodes with
+``alzprog.decode.decode_slice`` and canonicalises once (:mod:`services.gateway.uploads`) ->
+the result cache (:mod:`services.gateway.cache`, keyed by that SHA-256 and the served model
+versions) -> on a miss the classifier, then the generator, over HTTP
+(:mod:`services.gateway.clients`). A repeated upload with a cached result is never decoded.
 """
 
 from __future__ import annotations
@@ -12,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
@@ -24,7 +24,6 @@ from fastapi.responses import JSONResponse
 
 from alzprog.constants import STAGES, TRANSITIONS, progression_model_name, stage_index
 
-from services.common.admission import AdmissionLimiter
 from services.common.app import Lifecycle, build_app, serve
 from services.common.cpu import available_cpus
 from services.common.errors import ERROR_RESPONSES, ServiceError
@@ -35,6 +34,7 @@ from services.gateway.cache import ResultCache, SingleFlight
 from services.gateway.clients import BackendClient, CircuitBreaker
 from services.gateway.schemas import PredictResponse, ProgressionResponse, ReadyResponse
 from services.gateway.settings import Settings, get_settings
+from services.gateway.uploads import Decoder, Upload, compute_brain_mask, decode_to_canonical, png_data_url
 
 SERVICE = "gateway"
 log = logging.getLogger("gateway")
@@ -43,13 +43,6 @@ NO_STORE = {"Cache-Control": "no-store"}
 PREDICT_FIELDS = ("stage", "stage_index", "probabilities", "confidence", "model")
 PROGRESSION_FIELDS = ("steps", "generator_models")
 RESULT_ERRORS = {k: ERROR_RESPONSES[k] for k in (400, 413, 415, 422, 429, 503)}
-
-
-@dataclass
-class Canonical:
-    image: np.ndarray
-    mask: np.ndarray
-    sha256: str
 
 
 class VersionBook:
@@ -85,7 +78,7 @@ class VersionBook:
 
 
 class GatewayState:
-    """Clients, cache, single-flight and the decode pool, created in the lifespan."""
+    """Clients, cache, single-flight and the decoder, created in the lifespan."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -118,42 +111,23 @@ class GatewayState:
             settings.max_cache_value_bytes,
         )
         self.flights = SingleFlight()
-        workers = settings.decode_concurrency or available_cpus()
-        self.decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
-        self.decode_limiter = AdmissionLimiter(workers, settings.decode_queue)
+        self.decoder = Decoder(self.cache, self.flights, settings.decode_concurrency or available_cpus(), settings.decode_queue)
 
     async def close(self) -> None:
         await self.http.aclose()
         await self.cache.close()
-        self.decode_pool.shutdown(wait=False)
-
-
-def _canonicalize(data: bytes, nifti_slice: int | None) -> Canonical:
-    """Decode (allowlisted formats only) and canonicalise once; runs in the decode pool."""
-    from alzprog.decode import decode_slice
-    from alzprog.preprocessing import canonicalize
-
-    gray = decode_slice(data, nifti_slice=nifti_slice)
-    c = canonicalize(gray)
-    digest = c.sha256() if callable(c.sha256) else c.sha256
-    return Canonical(image=c.image, mask=np.asarray(c.mask, dtype=bool), sha256=str(digest))
+        self.decoder.close()
 
 
 def _warm_up() -> None:
+    """Every CPU step an upload can take, once: imports torch/Pillow plugins before the first request."""
     from alzprog.decode import encode_png
 
     yy, xx = np.mgrid[:96, :96]
     head = (((yy - 48) / 40.0) ** 2 + ((xx - 48) / 36.0) ** 2 < 1).astype(np.uint8) * 120
-    _canonicalize(encode_png(head), None)
-
-
-def _png_data_url(image: np.ndarray) -> str:
-    """The canonical slice as a metadata-free PNG data URL (what the models saw)."""
-    import base64
-
-    from alzprog.decode import encode_png
-
-    return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
+    pixels = decode_to_canonical(encode_png(head), None)
+    compute_brain_mask(pixels.image)
+    png_data_url(pixels.image)
 
 
 def _bool(*values: bool | None) -> bool:
@@ -172,7 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.svc = state
         # Import the decoders and run one canonicalisation now, so the first upload does not
         # pay for loading torch/Pillow plugins (seconds on a busy machine).
-        await asyncio.get_running_loop().run_in_executor(state.decode_pool, _warm_up)
+        await asyncio.get_running_loop().run_in_executor(state.decoder.pool, _warm_up)
         log.info(
             "gateway starting",
             extra={"classifier": settings.classifier_url, "generator": settings.generator_url, "cache": state.cache.enabled, "api_keys": len(keys)},
@@ -197,30 +171,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def svc(request: Request) -> GatewayState:
         return request.app.state.svc
 
-    async def canonical_upload(s: GatewayState, file: UploadFile, nifti_slice: int | None) -> Canonical:
-        from alzprog.decode import ImageDecodeError
+    async def read_upload(s: GatewayState, file: UploadFile, nifti_slice: int | None) -> Upload:
+        return await s.decoder.upload(await file.read(), nifti_slice)
 
-        data = await file.read()
-        async with s.decode_limiter.admit():
-            try:
-                return await asyncio.get_running_loop().run_in_executor(s.decode_pool, _canonicalize, data, nifti_slice)
-            except ImageDecodeError as exc:
-                status = exc.status if 400 <= int(exc.status) < 500 else 422
-                raise ServiceError(status, exc.code, exc.message) from None
-
-    async def classify(s: GatewayState, c: Canonical, explain: bool) -> tuple[dict[str, Any], bool]:
-        """The classifier's answer for ``c``: from the cache, a concurrent twin, or the backend."""
+    async def classify(s: GatewayState, up: Upload, explain: bool) -> tuple[dict[str, Any], bool]:
+        """The classifier's answer for ``up``: from the cache, a concurrent twin, or the backend."""
+        sha = up.sha256 or await up.resolve()
         versions = await s.classifier_versions.versions()
         options = "explain" if explain else ""
         known = next(iter(versions.values()), None)  # the classifier serves one model
-        lookup = s.cache.key("predict", c.sha256, f"c{known}", options) if known else None
+        lookup = s.cache.key("predict", sha, f"c{known}", options) if known else None
 
         async def compute() -> tuple[dict[str, Any], bool]:
             if lookup is not None:
                 hit = await s.cache.get(lookup, required=PREDICT_FIELDS)
                 if hit is not None:
                     return hit, True
-            body, headers = encode_canonical(c.image, c.mask)
+            # No mask: the classifier needs one only for Grad-CAM and computes the same itself.
+            body, headers = encode_canonical(await up.pixels())
             resp = await s.classifier.call(
                 "POST", "/v1/classify", deadline_s=settings.classify_deadline_s, content=body, headers=headers, params={"explain": str(explain).lower()}
             )
@@ -234,27 +202,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "explain": result.get("explain"),
             }
             # Store under the version that actually answered (it may have just changed).
-            await s.cache.set(s.cache.key("predict", c.sha256, f"c{result['model']['version']}", options), result)
+            await s.cache.set(s.cache.key("predict", up.sha256, f"c{result['model']['version']}", options), result)
             return result, False
 
-        flight_key = lookup or f"predict:{c.sha256}:{options}:unversioned"
+        flight_key = lookup or f"predict:{sha}:{options}:unversioned"
         result, cached = await s.flights.run(flight_key, compute)
         return dict(result), cached
 
-    async def progress(s: GatewayState, c: Canonical, start: int) -> tuple[dict[str, Any], bool]:
+    async def progress(s: GatewayState, up: Upload, start: int) -> tuple[dict[str, Any], bool]:
         """The generator chain from stage ``start``: cache, concurrent twin, or the backend."""
+        sha = up.sha256 or await up.resolve()
         needed = [progression_model_name(slug) for slug, src, _ in TRANSITIONS if src >= start]
         versions = await s.generator_versions.versions()
         known = [versions.get(n) for n in needed]
         tag = "g" + "-".join(str(v) for v in known) if all(known) else None
-        lookup = s.cache.key("progression", c.sha256, tag, f"from{start}") if tag else None
+        lookup = s.cache.key("progression", sha, tag, f"from{start}") if tag else None
 
         async def compute() -> tuple[dict[str, Any], bool]:
             if lookup is not None:
                 hit = await s.cache.get(lookup, required=PROGRESSION_FIELDS)
                 if hit is not None:
                     return hit, True
-            body, headers = encode_canonical(c.image, c.mask)
+            body, headers = encode_canonical(await up.pixels(), await up.mask())
             resp = await s.generator.call(
                 "POST", "/v1/progress", deadline_s=settings.progress_deadline_s, content=body, headers=headers, params={"from_stage": str(start)}
             )
@@ -273,10 +242,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "generator_models": [{"name": m["name"], "version": str(m["version"])} for m in data["models"]],
             }
             actual = "g" + "-".join(m["version"] for m in result["generator_models"])
-            await s.cache.set(s.cache.key("progression", c.sha256, actual, f"from{start}"), result)
+            await s.cache.set(s.cache.key("progression", up.sha256, actual, f"from{start}"), result)
             return result, False
 
-        flight_key = lookup or f"progression:{c.sha256}:from{start}:unversioned"
+        flight_key = lookup or f"progression:{sha}:from{start}:unversioned"
         result, cached = await s.flights.run(flight_key, compute)
         return dict(result), cached
 
@@ -323,12 +292,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> JSONResponse:
         """Stage of one MRI slice: calibrated probabilities for the four stages and the model version."""
         s = svc(request)
-        c = await canonical_upload(s, file, nifti_slice)
         want_explain = _bool(explain, explain_q)
-        result, cached = await classify(s, c, want_explain)
+        up = await read_upload(s, file, nifti_slice)
+        await up.resolve(need_png=want_explain)
+        result, cached = await classify(s, up, want_explain)
         result["cached"] = cached
         if want_explain:
-            result["canonical"] = _png_data_url(c.image)
+            result["canonical"] = await up.png()
         log.info("predicted", extra={"stage_index": result["stage_index"], "cached": cached, "model_version": result["model"]["version"]})
         return JSONResponse(result, headers=NO_STORE)
 
@@ -351,18 +321,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 start = stage_index(requested)
             except ValueError:
                 raise ServiceError(422, "bad_stage", f"from_stage must be one of {', '.join(STAGES)}, a slug (nd, vmd, md, mod) or 0-3") from None
-        # The upload is decoded even while a backend's circuit is open: its answer may be cached.
-        c = await canonical_upload(s, file, nifti_slice)
+        # The upload is resolved even while a backend's circuit is open: its answer may be cached.
+        up = await read_upload(s, file, nifti_slice)
+        await up.resolve(need_png=True)
+        if up.decoded:
+            # A new upload (no record): its chain is most likely not cached either, so the
+            # generator will need the brain mask; compute it while the classifier works.
+            up.start_mask()
         if start is None:
-            result, clf_cached = await classify(s, c, _bool(explain, explain_q))
+            result, clf_cached = await classify(s, up, _bool(explain, explain_q))
             start = result["stage_index"]
-            chain, gen_cached = await progress(s, c, start)
+            chain, gen_cached = await progress(s, up, start)
         else:
             # The start is known: ask both services at once.
-            (result, clf_cached), (chain, gen_cached) = await asyncio.gather(classify(s, c, _bool(explain, explain_q)), progress(s, c, start))
+            (result, clf_cached), (chain, gen_cached) = await asyncio.gather(classify(s, up, _bool(explain, explain_q)), progress(s, up, start))
         result.update(chain)
         result["from_stage"] = STAGES[start]
-        result["canonical"] = _png_data_url(c.image)
+        result["canonical"] = await up.png()
         result["cached"] = clf_cached and gen_cached
         log.info(
             "progression",
