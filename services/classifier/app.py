@@ -24,7 +24,7 @@ from services.classifier.model_holder import ClassifierRuntime, make_loader
 from services.classifier.settings import Settings, get_settings
 from services.common import metrics
 from services.common.admission import AdmissionLimiter
-from services.common.app import Lifecycle, build_app, serve
+from services.common.app import Lifecycle, build_app, model_readiness, serve
 from services.common.cpu import available_cpus
 from services.common.errors import ERROR_RESPONSES, ServiceError, unavailable
 from services.common.logs import configure_logging
@@ -111,15 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Ready once a model is loaded and warmed up; 503 while loading or draining."""
         s = svc(request)
         info = s.slot.info()
-        if Lifecycle.draining:
-            return JSONResponse({"ready": False, "model": info, "error": {"code": "draining", "message": "shutting down"}}, 503, {"Retry-After": "1"})
-        if not info["ready"]:
-            return JSONResponse(
-                {"ready": False, "model": info, "error": {"code": "model_not_loaded", "message": info["last_error"] or "loading the model"}},
-                503,
-                {"Retry-After": str(int(s.settings.retry_seconds) or 1)},
-            )
-        return JSONResponse({"ready": True, "model": info})
+        return model_readiness({"model": info}, [info], s.settings.retry_seconds)
 
     @app.get("/v1/info")
     def info(request: Request) -> dict[str, Any]:

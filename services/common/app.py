@@ -7,6 +7,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from services.common import metrics
 from services.common.errors import install_error_handlers
@@ -53,6 +54,23 @@ def build_app(
     app.add_middleware(RequestContextMiddleware, service=service, on_response=metrics.observer(service))
     metrics.add_metrics_route(app)
     return app
+
+
+def model_readiness(body: dict[str, Any], infos: list[dict[str, Any]], retry_s: float) -> JSONResponse:
+    """``/readyz`` of a model service: 503 while draining or while a model is not loaded, else 200.
+
+    ``body`` is what the service reports about its models (``{"model": ...}`` or
+    ``{"models": [...]}``); ``infos`` are the slot infos that must all be ready.
+    """
+    if Lifecycle.draining:
+        error = {"code": "draining", "message": "shutting down"}
+        return JSONResponse({"ready": False, **body, "error": error}, 503, {"Retry-After": "1"})
+    missing = [i for i in infos if not i["ready"]]
+    if missing:
+        message = "; ".join(i.get("last_error") or f"not loaded yet: {i['name']}" for i in missing)
+        error = {"code": "model_not_loaded", "message": message}
+        return JSONResponse({"ready": False, **body, "error": error}, 503, {"Retry-After": str(int(retry_s) or 1)})
+    return JSONResponse({"ready": True, **body})
 
 
 class _DrainingServer(uvicorn.Server):

@@ -22,7 +22,7 @@ from alzprog.preprocessing import CANONICAL_SIZE
 
 from services.common import metrics
 from services.common.admission import AdmissionLimiter
-from services.common.app import Lifecycle, build_app, serve
+from services.common.app import Lifecycle, build_app, model_readiness, serve
 from services.common.cpu import available_cpus
 from services.common.errors import ERROR_RESPONSES, ServiceError, unavailable
 from services.common.logs import configure_logging
@@ -116,16 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Ready once all three transition models are loaded; 503 while loading or draining."""
         s = svc(request)
         infos = s.infos()
-        if Lifecycle.draining:
-            return JSONResponse({"ready": False, "models": infos, "error": {"code": "draining", "message": "shutting down"}}, 503, {"Retry-After": "1"})
-        missing = [i["name"] for i in infos if not i["ready"]]
-        if missing:
-            return JSONResponse(
-                {"ready": False, "models": infos, "error": {"code": "model_not_loaded", "message": f"not loaded yet: {', '.join(missing)}"}},
-                503,
-                {"Retry-After": str(int(s.settings.retry_seconds) or 1)},
-            )
-        return JSONResponse({"ready": True, "models": infos})
+        return model_readiness({"models": infos}, infos, s.settings.retry_seconds)
 
     @app.get("/v1/info")
     def info(request: Request) -> dict[str, Any]:
