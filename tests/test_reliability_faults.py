@@ -311,12 +311,12 @@ def test_sigterm_on_the_gateway_under_load_drops_readiness_and_completes_in_flig
         threads = [threading.Thread(target=one, args=(s,)) for s in (50, 51, 52)]
         for t in threads:
             t.start()
-        # SIGTERM once the three canonical slices (image + mask, 2 x 256 x 256 bytes each)
+        # SIGTERM once the three canonical slices (256 x 256 bytes each; /predict sends no mask)
         # have reached the backend: the requests are in flight, their answers held by the proxy.
         deadline = time.monotonic() + 60
-        while proxy.stats.bytes_up < 3 * 2 * 256 * 256 and time.monotonic() < deadline:
+        while proxy.stats.bytes_up < 3 * 256 * 256 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert proxy.stats.bytes_up >= 3 * 2 * 256 * 256, "the requests never reached the backend"
+        assert proxy.stats.bytes_up >= 3 * 256 * 256, "the requests never reached the backend"
         assert not results, "a request finished before SIGTERM; the test did not catch them in flight"
         gw.proc.send_signal(signal.SIGTERM)
         t_sig = time.perf_counter()
