@@ -13,7 +13,9 @@ docs/reliability.md quotes them.
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import statistics
 import threading
 import time
@@ -24,7 +26,7 @@ import pytest
 from faults import FaultProxy
 from fastapi.testclient import TestClient
 from fixtures_images import head_phantom, png_bytes
-from service_helpers import classify_count, dead_port, seed_cache, start_service, tiny_classifier_artifact, wait_ready
+from service_helpers import classify_count, dead_port, metric_value, seed_cache, start_service, tiny_classifier_artifact, wait_ready
 
 from alzprog.constants import CLASSIFIER_MODEL_NAME
 from services.gateway.app import create_app
@@ -276,6 +278,139 @@ def test_overload_is_refused_at_once_with_retry_after_and_admitted_requests_keep
         f"burst of {len(seeds)}: {len(admitted)} admitted in {', '.join(f'{t:.2f}' for t in sorted(admitted))} s, "
         f"{len(refused_t)} refused (503) in {', '.join(f'{t * 1000:.0f}' for t in sorted(refused_t))} ms"
     )
+
+
+# --------------------------------------------------------------------------- admission before the body
+def wait_bytes_up(proxy: FaultProxy, n: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while proxy.stats.bytes_up < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proxy.stats.bytes_up >= n, "the held requests never reached the backend"
+
+
+def partial_upload(url: str, declared: int, sent: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str], dict, float]:
+    """Send the headers of a ``declared``-byte multipart upload and only ``sent`` of its body,
+    then wait for the answer without sending more: (status, headers, JSON body, seconds)."""
+    host, port = url.removeprefix("http://").split(":")
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=slowbnd\r\n"
+        f"Content-Length: {declared}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        t0 = time.perf_counter()
+        sock.sendall(head + sent)
+        data = b""
+        while True:
+            head_part, sep, body = data.partition(b"\r\n\r\n")
+            if sep:
+                lines = head_part.decode("latin-1").split("\r\n")
+                headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+                if len(body) >= int(headers.get("content-length", "0")):
+                    elapsed = time.perf_counter() - t0
+                    return int(lines[0].split()[1]), headers, json.loads(body), elapsed
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed before a full answer: {data!r}"
+            data += chunk
+
+
+def test_excess_requests_are_refused_before_the_body_is_read_and_admitted_again_when_capacity_frees(classifier, proxy, tmp_path):
+    """A real gateway process capped at 2 result requests in flight, both held by a backend
+    whose answers the proxy delays 3 s: a third request, even one whose upload has barely
+    begun, is answered 503 ``overloaded`` + Retry-After in well under 100 ms, without a
+    decode; the refused keep-alive connection stays usable; once the two finish, requests
+    are admitted again."""
+    from conftest import free_port
+
+    env = {
+        "GATEWAY_CLASSIFIER_URL": proxy.url,
+        "GATEWAY_GENERATOR_URL": f"http://127.0.0.1:{dead_port()}",
+        "REDIS_URL": "",
+        "GATEWAY_INFO_DEADLINE_S": "5",
+        "GATEWAY_MAX_IN_FLIGHT": "2",
+    }
+    gw = start_service("gateway", free_port(), env, tmp_path)
+    try:
+        wait_ready(gw)
+        for seed in (80, 81, 82, 83, 84):
+            upload(seed)
+        assert httpx.post(gw.url + "/predict", files=upload(80), timeout=60).status_code == 200
+
+        def counters() -> tuple[float, float]:
+            text = httpx.get(gw.url + "/metrics", timeout=10).text
+            return (metric_value(text, "alzprog_gateway_work_total", kind="decode"),
+                    metric_value(text, "alzprog_overload_rejections_total", service="gateway"))
+
+        proxy.set_mode("delay", delay_s=3.0)
+        proxy.reset_stats()
+        held: dict[int, object] = {}
+
+        def one(seed: int) -> None:
+            held[seed] = httpx.post(gw.url + "/predict", files=upload(seed), timeout=60)
+
+        threads = [threading.Thread(target=one, args=(s,)) for s in (81, 82)]
+        for t in threads:
+            t.start()
+        wait_bytes_up(proxy, 2 * 256 * 256)  # both decoded and sent: in flight, answers held
+        decodes, refusals = counters()
+
+        # An upload that has sent 1 KiB of its declared 200 KiB and then waits.
+        status, headers, body, t_partial = partial_upload(gw.url, 200_000, b"--slowbnd\r\n" + b"A" * 1024)
+        assert status == 503 and body["error"]["code"] == "overloaded", (status, body)
+        assert int(headers["retry-after"]) >= 1
+        # Complete uploads on one keep-alive connection: refused each time, the connection reused.
+        full = []
+        with httpx.Client(timeout=10) as client:
+            for seed in (83, 84):
+                r, t = timed_post(client, gw.url + "/predict", files=upload(seed))
+                assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded", r.text
+                assert int(r.headers["Retry-After"]) >= 1
+                full.append(t)
+        assert t_partial < 0.1 and max(full) < 0.1, (t_partial, full)
+        assert counters() == (decodes, refusals + 3), "a refused upload was decoded (or not counted)"
+        assert not held, "a held request finished early; the refusals were not tested at the cap"
+
+        for t in threads:
+            t.join(timeout=60)
+        assert {s: r.status_code for s, r in held.items()} == {81: 200, 82: 200}
+        proxy.set_mode("pass")
+        again = httpx.post(gw.url + "/predict", files=upload(84), timeout=60)
+        assert again.status_code == 200, again.text
+    finally:
+        gw.stop()
+    print(
+        f"\nMEASURED admission cap 2 reached: refusal of a 1 KiB-of-200 KiB upload {t_partial * 1000:.1f} ms, "
+        f"of complete uploads {', '.join(f'{t * 1000:.1f}' for t in full)} ms; no decode; admitted again after the 2 finished"
+    )
+
+
+def test_progression_has_its_own_cap_inside_the_total(gateway, proxy):
+    """``max_in_flight_progression`` 1 of ``max_in_flight`` 3: with one /progression held, a
+    second /progression is refused at once while a /predict is still admitted."""
+    gw = gateway(max_in_flight=3, max_in_flight_progression=1, classify_deadline_s=30.0)
+    assert gw.post("/predict", files=upload(90)).status_code == 200
+    proxy.set_mode("delay", delay_s=2.0)
+    proxy.reset_stats()
+    out: dict[str, object] = {}
+
+    def send(name: str, path: str, seed: int) -> None:
+        out[name] = gw.post(path, files=upload(seed))
+
+    first = threading.Thread(target=send, args=("progression", "/progression", 91))
+    first.start()
+    wait_bytes_up(proxy, 256 * 256)  # classifying, its answer held
+    assert gw.app.state.in_flight.snapshot()["progression_in_flight"] == 1
+    second, t_second = timed_post(gw, "/progression", files=upload(92))
+    assert second.status_code == 503 and second.json()["error"]["code"] == "overloaded"
+    assert t_second < 0.1, t_second
+    predict = threading.Thread(target=send, args=("predict", "/predict", 93))
+    predict.start()
+    predict.join(timeout=60)
+    first.join(timeout=60)
+    assert out["predict"].status_code == 200, out["predict"].text
+    # The held /progression was admitted: it classified, then met the dead generator.
+    assert out["progression"].status_code == 503 and out["progression"].json()["error"]["code"] == "backend_unavailable"
+    snap = gw.app.state.in_flight.snapshot()
+    assert (snap["in_flight"], snap["progression_in_flight"], snap["refused"]) == (0, 0, 1)
 
 
 # --------------------------------------------------------------------------- SIGTERM

@@ -29,6 +29,7 @@ from services.common.cpu import available_cpus
 from services.common.errors import ERROR_RESPONSES, ServiceError
 from services.common.logs import configure_logging
 from services.common.wire import encode_canonical
+from services.gateway.admission import InFlight, InFlightLimitMiddleware
 from services.gateway.auth import ApiKeyMiddleware
 from services.gateway.cache import ResultCache, SingleFlight
 from services.gateway.clients import BackendClient, CircuitBreaker
@@ -139,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(SERVICE, settings.log_level)
     keys = settings.parsed_api_keys()
+    in_flight = InFlight(*settings.in_flight_caps(available_cpus()))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -149,7 +151,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.get_running_loop().run_in_executor(state.decoder.pool, _warm_up)
         log.info(
             "gateway starting",
-            extra={"classifier": settings.classifier_url, "generator": settings.generator_url, "cache": state.cache.enabled, "api_keys": len(keys)},
+            extra={"classifier": settings.classifier_url, "generator": settings.generator_url, "cache": state.cache.enabled, "api_keys": len(keys),
+                   "max_in_flight": in_flight.max_total, "max_in_flight_progression": in_flight.max_progression},
         )
         yield
         await state.close()
@@ -165,8 +168,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         lifespan=lifespan,
         form_limits={"max_files": 1, "max_fields": 8, "max_part_size": 64 * 1024},
-        pre_body_middleware=[(ApiKeyMiddleware, {"keys": keys, "per_minute": settings.rate_limit_per_minute, "burst": settings.rate_limit_burst})],
+        # Last = outermost: the API key is checked first, then the in-flight cap, then the body is read.
+        pre_body_middleware=[
+            (InFlightLimitMiddleware, {"limits": in_flight}),
+            (ApiKeyMiddleware, {"keys": keys, "per_minute": settings.rate_limit_per_minute, "burst": settings.rate_limit_burst}),
+        ],
     )
+    app.state.in_flight = in_flight
 
     def svc(request: Request) -> GatewayState:
         return request.app.state.svc
@@ -277,9 +285,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         clf, gen, cache = await asyncio.gather(backend_check(s.classifier), backend_check(s.generator), s.cache.check())
         ready = clf["ready"] and not Lifecycle.draining
-        body = {"ready": ready, "checks": {"classifier": clf, "generator": gen, "cache": cache}}
+        body = {"ready": ready, "checks": {"classifier": clf, "generator": gen, "cache": cache, "gateway": {"ready": not Lifecycle.draining, **in_flight.snapshot()}}}
         if Lifecycle.draining:
-            body["checks"]["gateway"] = {"ready": False, "detail": "draining"}
+            body["checks"]["gateway"]["detail"] = "draining"
         return JSONResponse(body, status_code=200 if ready else 503, headers=None if ready else {"Retry-After": "2"})
 
     @app.post("/predict", tags=["results"], response_model=PredictResponse, responses=RESULT_ERRORS)

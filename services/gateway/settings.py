@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     decode_concurrency: int = Field(0, ge=0, description="parallel decodes; 0 = the CPUs available")
     decode_queue: int = Field(32, ge=0)
 
+    # Admission before the body is read (services/gateway/admission.py): excess gets 503 at once.
+    max_in_flight: int = Field(
+        0, ge=0, description="/predict + /progression requests in progress at once; 0 = CPUs + 16 (the classifier's default admission)"
+    )
+    max_in_flight_progression: int = Field(
+        0, ge=0, description="of which /progression; 0 = CPUs + 8 (the generator's default admission)"
+    )
+
     # Access control: off by default (local demo). Comma list of keys, optionally 'name:key'.
     api_keys: str = ""
     rate_limit_per_minute: float = Field(120.0, gt=0, description="per API key")
@@ -56,6 +64,12 @@ class Settings(BaseSettings):
         if not v.startswith(("http://", "https://")):
             raise ValueError("backend URLs must start with http:// or https://")
         return v.rstrip("/")
+
+    def in_flight_caps(self, cpus: int) -> tuple[int, int]:
+        """``(max in flight, max /progression in flight)`` with the 0 = derived defaults resolved."""
+        total = self.max_in_flight or cpus + 16
+        progression = self.max_in_flight_progression or cpus + 8
+        return total, min(progression, total)
 
     def parsed_api_keys(self) -> dict[str, str]:
         """``{name: key}``; names (never keys) appear in logs and metrics."""
