@@ -477,6 +477,43 @@ def test_api_keys_required_when_configured_and_rate_limited(make_gateway, sample
     assert "KEYCANARY" not in logs.err + logs.out, "an API key reached the log"
 
 
+def test_two_gateway_replicas_sharing_redis_allow_one_limit_together(make_gateway, sample_bytes, redis_url, key_prefix, capfd):
+    """Per-key buckets live in Redis: two gateway instances, requests alternating between
+    them, get ``burst`` successes in total, not ``burst`` each. The bucket is keyed by the
+    key's name; the key itself is in no Redis key or value."""
+    key = "SHAREDKEYCANARY" + "s" * 20
+    a = make_gateway(api_keys=f"web:{key}", rate_limit_burst=3, rate_limit_per_minute=1)
+    b = make_gateway(api_keys=f"web:{key}", rate_limit_burst=3, rate_limit_per_minute=1)
+    statuses = []
+    for i in range(8):
+        gw = (a, b)[i % 2]
+        r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)}, headers={"X-API-Key": key})
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            assert int(r.headers["Retry-After"]) >= 1 and r.json()["error"]["code"] == "rate_limited"
+    assert statuses == [200, 200, 200] + [429] * 5, statuses
+    rc = redis.Redis.from_url(redis_url)
+    bucket = f"{key_prefix}ratelimit:web"
+    assert rc.exists(bucket) and 0 < rc.pttl(bucket) <= (3 * 60 + 1) * 1000
+    everything = "".join(k.decode() + repr(rc.hgetall(k) if rc.type(k) == b"hash" else rc.get(k)) for k in rc.scan_iter(f"{key_prefix}*"))
+    assert "SHAREDKEYCANARY" not in everything
+    assert "SHAREDKEYCANARY" not in "".join(capfd.readouterr())
+
+
+def test_rate_limit_falls_back_to_each_process_when_redis_is_down_and_says_so_once(make_gateway, sample_bytes, capfd):
+    key = "k" * 24
+    dead = f"redis://127.0.0.1:{dead_port()}/0"
+    a = make_gateway(api_keys=f"web:{key}", rate_limit_burst=2, rate_limit_per_minute=1, redis_url=dead, redis_backoff_s=30)
+    b = make_gateway(api_keys=f"web:{key}", rate_limit_burst=2, rate_limit_per_minute=1, redis_url=dead, redis_backoff_s=30)
+    for gw in (a, b):
+        t0 = time.perf_counter()
+        codes = [gw.post("/predict", files={"file": ("a.jpg", sample_bytes)}, headers={"X-API-Key": key}).status_code for _ in range(3)]
+        assert codes == [200, 200, 429], codes  # each process enforces the limit on its own
+        assert time.perf_counter() - t0 < 3.0
+    logs = "".join(capfd.readouterr())
+    assert logs.count("rate limits per process: Redis unavailable") == 2, "one line per gateway, not per request"
+
+
 def test_no_canary_in_logs_or_redis(make_gateway, backends, redis_url, key_prefix, capfd):
     """Patient name, id, birth date, institution and file names never reach logs or Redis."""
     from fixtures_images import PHI, dicom_bytes, head_phantom

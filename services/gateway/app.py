@@ -33,6 +33,7 @@ from services.gateway.admission import InFlight, InFlightLimitMiddleware
 from services.gateway.auth import ApiKeyMiddleware
 from services.gateway.cache import ResultCache, SingleFlight
 from services.gateway.clients import BackendClient, CircuitBreaker
+from services.gateway.ratelimit import RateLimiter
 from services.gateway.schemas import PredictResponse, ProgressionResponse, ReadyResponse
 from services.gateway.settings import Settings, get_settings
 from services.gateway.uploads import Decoder, Upload, compute_brain_mask, decode_to_canonical, png_data_url
@@ -141,6 +142,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(SERVICE, settings.log_level)
     keys = settings.parsed_api_keys()
     in_flight = InFlight(*settings.in_flight_caps(available_cpus()))
+    limiter = RateLimiter(
+        list(keys),
+        settings.rate_limit_per_minute,
+        settings.rate_limit_burst,
+        redis_url=settings.redis_url if keys else "",
+        prefix=settings.cache_prefix,
+        timeout_s=settings.redis_timeout_s,
+        backoff_s=settings.redis_backoff_s,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -156,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         yield
         await state.close()
+        await limiter.close()
 
     app = build_app(
         SERVICE,
@@ -171,7 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Last = outermost: the API key is checked first, then the in-flight cap, then the body is read.
         pre_body_middleware=[
             (InFlightLimitMiddleware, {"limits": in_flight}),
-            (ApiKeyMiddleware, {"keys": keys, "per_minute": settings.rate_limit_per_minute, "burst": settings.rate_limit_burst}),
+            (ApiKeyMiddleware, {"keys": keys, "limiter": limiter}),
         ],
     )
     app.state.in_flight = in_flight

@@ -3,41 +3,23 @@
 Off when no keys are configured (the local demo). When on, the check runs as pure ASGI
 middleware in front of the body limit, so an unauthenticated or rate-limited client is
 refused before a byte of its upload is read. Keys are compared in constant time against
-every configured key; logs and metrics carry the key's name, never the key.
+every configured key; logs, metrics and the rate-limit buckets carry the key's name, never
+the key. The buckets are shared by all gateway replicas through Redis
+(:mod:`services.gateway.ratelimit`).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.common.errors import error_response
+from services.gateway.ratelimit import RateLimiter
 
 log = logging.getLogger("gateway.auth")
 PROTECTED_PREFIXES = ("/predict", "/progression")
-
-
-class TokenBucket:
-    """``rate`` tokens per second up to ``burst``; one token per request."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = float(burst)
-        self.updated = time.monotonic()
-
-    def take(self) -> float:
-        """0.0 when a token was taken, else the seconds until the next one."""
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
 
 
 def match_key(given: str, keys: dict[str, str]) -> str | None:
@@ -53,10 +35,10 @@ def match_key(given: str, keys: dict[str, str]) -> str | None:
 class ApiKeyMiddleware:
     """Require a valid ``X-API-Key`` on the result endpoints and rate-limit each key."""
 
-    def __init__(self, app: ASGIApp, keys: dict[str, str], per_minute: float, burst: int) -> None:
+    def __init__(self, app: ASGIApp, keys: dict[str, str], limiter: RateLimiter) -> None:
         self.app = app
         self.keys = keys
-        self.buckets = {name: TokenBucket(per_minute / 60.0, burst) for name in keys}
+        self.limiter = limiter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.keys or not scope.get("path", "").startswith(PROTECTED_PREFIXES):
@@ -74,7 +56,7 @@ class ApiKeyMiddleware:
                 scope, receive, send
             )
             return
-        wait = self.buckets[name].take()
+        wait = await self.limiter.take(name)
         if wait > 0:
             log.info("rate limited", extra={"api_key_name": name})
             await error_response(
