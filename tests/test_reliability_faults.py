@@ -413,6 +413,65 @@ def test_progression_has_its_own_cap_inside_the_total(gateway, proxy):
     assert (snap["in_flight"], snap["progression_in_flight"], snap["refused"]) == (0, 0, 1)
 
 
+# --------------------------------------------------------------------------- single-flight across replicas
+@pytest.fixture
+def shared_redis(redis_url, key_prefix):
+    """A key prefix in the real Redis for gateway replicas to share; its keys deleted afterwards."""
+    import redis as redis_lib
+
+    prefix = key_prefix.rstrip(":")
+    yield prefix
+    r = redis_lib.Redis.from_url(redis_url)
+    for k in r.scan_iter(f"{prefix}:*"):
+        r.delete(k)
+
+
+def test_identical_uploads_on_two_gateway_replicas_are_computed_once(gateway, proxy, classifier, redis_url, shared_redis):
+    """Two gateway instances sharing one Redis, the backend's answers delayed 1 s: the same
+    upload sent to both at once reaches the classifier once; both get the same answer."""
+    kw = dict(redis_url=redis_url, cache_prefix=shared_redis, versions_ttl_s=60.0, classify_deadline_s=30.0)
+    a, b = gateway(**kw), gateway(**kw)
+    for gw, seed in ((a, 100), (b, 101)):  # learn the served version before the backend slows down
+        assert gw.post("/predict", files=upload(seed)).status_code == 200
+    proxy.set_mode("delay", delay_s=1.0)
+    before = classify_count(classifier.url)
+    start = threading.Barrier(2)
+
+    def one(gw):
+        start.wait()
+        return timed_post(gw, "/predict", files=upload(102))
+
+    with ThreadPoolExecutor(2) as pool:
+        (ra, ta), (rb, tb) = pool.map(one, (a, b))
+    assert ra.status_code == 200 and rb.status_code == 200, (ra.text, rb.text)
+    assert ra.json()["probabilities"] == rb.json()["probabilities"]
+    assert sorted([ra.json()["cached"], rb.json()["cached"]]) == [False, True], "one computed, the other shared it"
+    assert classify_count(classifier.url) - before == 1
+    print(f"\nMEASURED single-flight across 2 replicas (backend +1 s): 1 classifier call; answers in {ta:.2f} s and {tb:.2f} s")
+
+
+def test_a_replica_that_died_holding_the_lock_delays_its_twins_by_at_most_the_flight_wait(gateway, classifier, redis_url, shared_redis):
+    """The lock of a computation whose replica is gone (set by hand, 60 s TTL, never released,
+    no result ever stored): the request waits ``flight_wait_s`` and then computes itself."""
+    import redis as redis_lib
+
+    from alzprog.decode import decode_slice
+    from alzprog.preprocessing import canonicalize
+
+    wait = 1.0
+    gw = gateway(redis_url=redis_url, cache_prefix=shared_redis, versions_ttl_s=60.0, flight_wait_s=wait)
+    assert gw.post("/predict", files=upload(110)).status_code == 200
+    _, data, _ = upload(111)["file"]
+    sha = canonicalize(decode_slice(data)).sha256
+    redis_lib.Redis.from_url(redis_url).set(f"{shared_redis}:predict:{sha}:c1:lock", "gone-replica", px=60_000)
+    before = classify_count(classifier.url)
+    r, elapsed = timed_post(gw, "/predict", files=upload(111))
+    assert r.status_code == 200 and r.json()["cached"] is False, r.text
+    assert classify_count(classifier.url) - before == 1
+    assert wait <= elapsed < wait + 2.0, elapsed
+    print(f"\nMEASURED orphaned lock: answered in {elapsed:.2f} s with flight_wait_s={wait}")
+
+
 # --------------------------------------------------------------------------- SIGTERM
 def test_sigterm_on_the_gateway_under_load_drops_readiness_and_completes_in_flight_requests(classifier, proxy, tmp_path):
     """A real gateway process with 3 requests in flight (the backend's answers delayed 2 s):

@@ -193,6 +193,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def read_upload(s: GatewayState, file: UploadFile, nifti_slice: int | None) -> Upload:
         return await s.decoder.upload(await file.read(), nifti_slice)
 
+    async def cached_or_computed(s: GatewayState, lookup: str | None, required: tuple[str, ...], call) -> tuple[dict[str, Any], bool]:  # noqa: ANN001
+        """The result under ``lookup`` (cached, or computed meanwhile by a twin request on another
+        replica), else ``call()``'s, computed here under the cross-replica lock."""
+        token = None
+        if lookup is not None:
+            hit = await s.cache.get(lookup, required=required)
+            if hit is not None:
+                return hit, True
+            shared, token = await s.cache.lead_or_follow(lookup, required, settings.flight_wait_s)
+            if shared is not None:
+                return shared, True
+        try:
+            return await call(), False
+        finally:
+            if token is not None:
+                await s.cache.release(lookup, token)
+
     async def classify(s: GatewayState, up: Upload, explain: bool) -> tuple[dict[str, Any], bool]:
         """The classifier's answer for ``up``: from the cache, a concurrent twin, or the backend."""
         sha = up.sha256 or await up.resolve()
@@ -201,11 +218,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         known = next(iter(versions.values()), None)  # the classifier serves one model
         lookup = s.cache.key("predict", sha, f"c{known}", options) if known else None
 
-        async def compute() -> tuple[dict[str, Any], bool]:
-            if lookup is not None:
-                hit = await s.cache.get(lookup, required=PREDICT_FIELDS)
-                if hit is not None:
-                    return hit, True
+        async def call() -> dict[str, Any]:
             # No mask: the classifier needs one only for Grad-CAM and computes the same itself.
             body, headers = encode_canonical(await up.pixels())
             resp = await s.classifier.call(
@@ -222,10 +235,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             }
             # Store under the version that actually answered (it may have just changed).
             await s.cache.set(s.cache.key("predict", up.sha256, f"c{result['model']['version']}", options), result)
-            return result, False
+            return result
 
         flight_key = lookup or f"predict:{sha}:{options}:unversioned"
-        result, cached = await s.flights.run(flight_key, compute)
+        result, cached = await s.flights.run(flight_key, lambda: cached_or_computed(s, lookup, PREDICT_FIELDS, call))
         return dict(result), cached
 
     async def progress(s: GatewayState, up: Upload, start: int) -> tuple[dict[str, Any], bool]:
@@ -237,11 +250,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tag = "g" + "-".join(str(v) for v in known) if all(known) else None
         lookup = s.cache.key("progression", sha, tag, f"from{start}") if tag else None
 
-        async def compute() -> tuple[dict[str, Any], bool]:
-            if lookup is not None:
-                hit = await s.cache.get(lookup, required=PROGRESSION_FIELDS)
-                if hit is not None:
-                    return hit, True
+        async def call() -> dict[str, Any]:
             body, headers = encode_canonical(await up.pixels(), await up.mask())
             resp = await s.generator.call(
                 "POST", "/v1/progress", deadline_s=settings.progress_deadline_s, content=body, headers=headers, params={"from_stage": str(start)}
@@ -262,10 +271,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             }
             actual = "g" + "-".join(m["version"] for m in result["generator_models"])
             await s.cache.set(s.cache.key("progression", up.sha256, actual, f"from{start}"), result)
-            return result, False
+            return result
 
         flight_key = lookup or f"progression:{sha}:from{start}:unversioned"
-        result, cached = await s.flights.run(flight_key, compute)
+        result, cached = await s.flights.run(flight_key, lambda: cached_or_computed(s, lookup, PROGRESSION_FIELDS, call))
         return dict(result), cached
 
     # ------------------------------------------------------------------ routes

@@ -4,6 +4,12 @@ Key: ``<prefix>:<endpoint>:<sha256 of the canonical pixels>:<model versions>[:<o
 Because the versions are part of the key, a new champion can never be answered from an old
 entry. Values are JSON ``{"v": 1, "result": {...}}`` with a TTL.
 
+Single-flight works at two levels: :class:`SingleFlight` joins identical requests inside one
+process; across gateway replicas, :meth:`ResultCache.lead_or_follow` takes a short lock
+(``<key>:lock``, ``SET NX PX``) so one replica computes while the others poll the result key
+for a bounded time, then compute themselves (a replica that died holding the lock delays its
+twins by at most that bound).
+
 Redis is an optimisation, never a dependency: every operation has a short socket timeout, any
 error or an unparsable value is a miss, and after a failure Redis is skipped for
 ``backoff_s`` so a dead or black-holed Redis adds at most one timeout per back-off period.
@@ -16,12 +22,15 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from typing import Any, Awaitable, Callable
 
 from services.common import metrics
 
 log = logging.getLogger("gateway.cache")
 FORMAT_VERSION = 1
+# Delete the lock only if it is still ours (it may have expired and been taken by another replica).
+_RELEASE_LUA = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 class ResultCache:
@@ -83,6 +92,9 @@ class ResultCache:
             self._failed("get", exc)
             return None
         self.last_error = None
+        return self._parse(raw, required)
+
+    def _parse(self, raw: bytes | None, required: tuple[str, ...]) -> dict[str, Any] | None:
         if raw is None:
             metrics.CACHE_EVENTS.labels("miss").inc()
             return None
@@ -113,6 +125,57 @@ class ResultCache:
             return False
         metrics.CACHE_EVENTS.labels("stored").inc()
         return True
+
+    async def lead_or_follow(self, key: str, required: tuple[str, ...], wait_s: float) -> tuple[dict[str, Any] | None, str | None]:
+        """Across replicas, who computes ``key``'s result.
+
+        ``(None, token)``: this replica holds the lock (for ``wait_s``) and computes; pass the
+        token to :meth:`release`. ``(result, None)``: another replica computed it while this one
+        waited. ``(None, None)``: compute without the lock (Redis unusable, the holder gave up
+        without a result, or ``wait_s`` passed).
+        """
+        if not self._available() or wait_s <= 0:
+            return None, None
+        lock = f"{key}:lock"
+        token = uuid.uuid4().hex
+        try:
+            got = await asyncio.wait_for(self.redis.set(lock, token, nx=True, px=int(wait_s * 1000)), timeout=self.timeout_s * 2)
+        except Exception as exc:  # noqa: BLE001
+            self._failed("lock", exc)
+            return None, None
+        if got:
+            return None, token
+        metrics.CACHE_EVENTS.labels("flight_wait").inc()
+        end = time.monotonic() + wait_s
+        delay = 0.01
+        while time.monotonic() < end:
+            await asyncio.sleep(min(delay, max(0.0, end - time.monotonic())))
+            delay = min(delay * 2, 0.1)
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.get(key)
+                pipe.exists(lock)
+                raw, held = await asyncio.wait_for(pipe.execute(), timeout=self.timeout_s * 2)
+            except Exception as exc:  # noqa: BLE001
+                self._failed("flight_poll", exc)
+                return None, None
+            if raw is not None:
+                result = self._parse(raw, required)
+                if result is not None:
+                    metrics.CACHE_EVENTS.labels("flight_shared").inc()
+                    return result, None
+            if not held:
+                return None, None  # the holder finished without a usable result (or failed)
+        return None, None
+
+    async def release(self, key: str, token: str) -> None:
+        """Drop the lock taken by :meth:`lead_or_follow`, if it is still this replica's."""
+        if self.redis is None:
+            return
+        try:
+            await asyncio.wait_for(self.redis.eval(_RELEASE_LUA, 1, f"{key}:lock", token), timeout=self.timeout_s * 2)
+        except Exception as exc:  # noqa: BLE001 - it expires on its own
+            self._failed("unlock", exc)
 
     async def check(self) -> dict[str, Any]:
         """Readiness detail: ``ok``, ``degraded`` (down: serving uncached) or ``disabled``."""

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(0.25, gt=0, description="socket and connect timeout: bounds the latency Redis can add")
     redis_backoff_s: float = Field(5.0, gt=0, description="after a Redis failure, skip it for this long")
     max_cache_value_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    flight_wait_s: float = Field(
+        3.0, ge=0, description="across replicas: how long a twin request waits for another replica's result before computing itself (0 = off)"
+    )
 
     # Backend calls.
     versions_ttl_s: float = Field(1.0, ge=0, description="how long the backends' model versions are reused")
