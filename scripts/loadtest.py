@@ -357,7 +357,8 @@ def main() -> int:
     payloads = Payloads()
     load_before = os.getloadavg()
     print(f"[loadtest] {url}/{args.endpoint}: {args.duration:.0f} s per phase; admission capacity {capacity} "
-          f"(classifier {cs.max_concurrency or cpus}+{cs.max_queue}, gateway decode {gs.decode_concurrency or cpus}+{gs.decode_queue}); "
+          f"(classifier {cs.max_concurrency or cpus}+{cs.max_queue}, gateway in flight {gs.in_flight_caps(cpus)[0]}, "
+          f"decode {gs.decode_concurrency or cpus}+{gs.decode_queue}); "
           f"overload {overload} clients; load average {load_before[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     rows = []
     try:
