@@ -137,15 +137,13 @@ def main() -> int:
             t0 = time.perf_counter()
             r = client.post(gurl + "/predict", files={"file": ("slice.png", data, "image/png")})
             dt = (time.perf_counter() - t0) * 1000
-            if r.status_code != 200 or r.json()["cached"] is not expected_cached:
+            if r.status_code != 200 or r.json()["cached"] is not expect_cached:
                 raise RuntimeError(f"unexpected answer {r.status_code}: {r.text[:200]}")
             return dt
 
-        expected_cached = False
         for k in range(3):  # warm-up
             post(png(variant(1000 + k)), False)
         miss = [post(png(variant(k)), False) for k in range(args.n)]
-        expected_cached = True
         hot = png(variant(0))  # answered above: its result and its upload record are cached
         same = [post(hot, True) for _ in range(args.n)]
         # Same pixels, new bytes: the PNG with k bytes after IEND (ignored by the decoder).
