@@ -126,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "providers": cur.model.providers if cur else s.providers,
             "batching": {"max_size": s.settings.batch_max_size, "max_wait_ms": s.settings.batch_max_wait_ms,
                          "batches": s.batcher.batches if s.batcher else 0, "items": s.batcher.items if s.batcher else 0},
+            "threads": cur.model.session.stats() if cur and hasattr(cur.model.session, "stats") else s.threads.describe(),
             "in_flight": s.limiter.in_flight,
             "waiting": s.limiter.waiting,
         }

@@ -6,12 +6,15 @@ with every core (25 ms with 2 threads against 46 ms with 1), while overlapping r
 most throughput with one thread each (42.6 images/s against 40.6 with 2 threads each, whose
 threads then fight over the cores). :class:`AdaptiveSession` does both: it holds two sessions of
 the same model, ``solo`` (all CPUs) for a request that runs alone and ``shared`` (CPUs /
-concurrency) as soon as requests overlap, and picks per run.
+concurrency) as soon as requests overlap, and picks per run; a lone request goes to whichever
+of the two has been faster alone lately (all CPUs lose on a machine whose cores are busy with
+other work).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,36 +74,83 @@ def _session(path: Path, providers: list[str], threads: int):  # noqa: ANN202 - 
 
 
 class AdaptiveSession:
-    """Two sessions of one model; each ``run`` uses ``solo`` when it is the only run in progress.
+    """Two sessions of one model, chosen per run: ``shared`` when runs overlap, and for a run
+    alone whichever of ``solo`` / ``shared`` has been faster alone lately.
 
-    A run that starts while another is in progress takes ``shared``; so under steady load every
-    run is single-threaded (best throughput) and a lone request gets every core (best latency).
-    The cost is a second copy of the weights in memory. Same ``run`` / ``get_inputs`` surface as
-    an ``InferenceSession``.
+    A run that starts while another is in progress takes ``shared``, so under steady load every
+    run is single-threaded (best throughput). For a lone run, all CPUs are fastest on a quiet
+    machine but about twice *slower* than one thread when another process busies a core (ONNX
+    Runtime's threads wait for the preempted one: 95 ms against 47 ms for B4 on this machine,
+    docs/performance.md). So lone runs are timed per session (an exponential moving average of
+    runs that no other run overlapped) and the faster one is used; every ``explore_every``-th lone
+    run tries the other to keep its figure current. The cost is a second copy of the weights in
+    memory. Same ``run`` / ``get_inputs`` surface as an ``InferenceSession``.
     """
 
-    def __init__(self, path: Path, providers: list[str], policy: ThreadPolicy) -> None:
+    def __init__(self, path: Path, providers: list[str], policy: ThreadPolicy, *, explore_every: int = 32,
+                 alpha: float = 0.2) -> None:
         self.policy = policy
         self.solo = _session(path, providers, policy.solo)
         self.shared = _session(path, providers, policy.shared)
+        self.explore_every = explore_every
+        self.alpha = alpha
         self._lock = threading.Lock()
         self._active = 0
-        self.solo_runs = 0
-        self.shared_runs = 0
+        self._starts = 0
+        self._lone = 0
+        self._runs = {"solo": 0, "shared": 0}
+        self.lone_ms: dict[str, float | None] = {"solo": None, "shared": None}
+
+    def _lone_choice(self) -> str:
+        solo, shared = self.lone_ms["solo"], self.lone_ms["shared"]
+        if solo is None or shared is None:
+            choice = "solo" if solo is None else "shared"  # measure both first
+        else:
+            choice = "solo" if solo <= shared else "shared"
+            if self._lone % self.explore_every == 0:
+                choice = "shared" if choice == "solo" else "solo"
+        return choice
 
     def run(self, output_names: list[str] | None, feeds: dict[str, Any]) -> list[Any]:
         with self._lock:
             self._active += 1
+            self._starts += 1
+            started = self._starts
             alone = self._active == 1
             if alone:
-                self.solo_runs += 1
+                self._lone += 1
+                kind = self._lone_choice()
             else:
-                self.shared_runs += 1
+                kind = "shared"
+            first = self._runs[kind] == 0  # a session's first run allocates: never timed
+            self._runs[kind] += 1
+        t0 = time.perf_counter()
         try:
-            return (self.solo if alone else self.shared).run(output_names, feeds)
+            return (self.solo if kind == "solo" else self.shared).run(output_names, feeds)
         finally:
+            ms = (time.perf_counter() - t0) * 1000
             with self._lock:
                 self._active -= 1
+                # Timed only if it ran alone from start to end (no other run started meanwhile).
+                if alone and not first and self._starts == started:
+                    old = self.lone_ms[kind]
+                    self.lone_ms[kind] = ms if old is None else (1 - self.alpha) * old + self.alpha * ms
+
+    @property
+    def solo_runs(self) -> int:
+        return self._runs["solo"]
+
+    @property
+    def shared_runs(self) -> int:
+        return self._runs["shared"]
+
+    def stats(self) -> dict[str, Any]:
+        """Threads, runs and lone-run latency (ms, moving average) per session."""
+        return {
+            kind: {"threads": getattr(self.policy, kind), "runs": self._runs[kind],
+                   "lone_ms": None if self.lone_ms[kind] is None else round(self.lone_ms[kind], 2)}
+            for kind in ("solo", "shared")
+        }
 
     def get_inputs(self) -> list[Any]:
         return self.solo.get_inputs()
