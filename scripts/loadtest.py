@@ -10,6 +10,10 @@ previous one is answered):
 3. ``overload``: ``--overload-factor`` x the classifier's admission capacity (its workers plus
    its queue: what it accepts at once before refusing) clients upload distinct slices.
 
+Uploads of the uncached phases are encoded before the phase starts (``--prepared``), so the
+timed loop does no image work; after a refusal a client waits as ``Retry-After`` says, capped
+at ``--backoff`` seconds (``--backoff 0`` hammers).
+
 For each phase it reports requests, 200s, deliberate refusals (503/429 with ``Retry-After``),
 failures (anything else: other statuses, timeouts, connection errors, a 503/429 without
 ``Retry-After``), throughput, and p50/p95/p99 latency of the 200s and of the refusals. The run
@@ -70,6 +74,12 @@ class Payloads:
                 self.images.append(img)
         self._repeated = [self._png(im) for im in self.images]
         self._counter = 0
+        self._pool: list[bytes] = []
+
+    def prepare_unique(self, n: int) -> None:
+        """Encode ``n`` never-uploaded slices before a phase, so the timed loop does no image work
+        (one Python client encoding PNGs on the stack's own cores skewed the overload figures)."""
+        self._pool = [self._make_unique() for _ in range(n)]
 
     @staticmethod
     def _png(arr: np.ndarray) -> bytes:
@@ -83,7 +93,11 @@ class Payloads:
         return self._repeated[i % len(self._repeated)]
 
     def unique(self) -> bytes:
-        """A slice never uploaded before: a 6x6 patch near the centre encodes a counter."""
+        """A slice never uploaded before: from the prepared pool, else encoded now."""
+        return self._pool.pop() if self._pool else self._make_unique()
+
+    def _make_unique(self) -> bytes:
+        """A 6x6 patch near the centre encodes a counter."""
         self._counter += 1
         n = self._counter
         img = self.images[n % len(self.images)].copy()
@@ -143,7 +157,7 @@ class PhaseResult:
 
 
 async def run_phase(name: str, url: str, clients: int, duration: float, payloads: Payloads, *, unique: bool,
-                    endpoint: str, timeout: float) -> PhaseResult:
+                    endpoint: str, timeout: float, backoff: float = 0.0) -> PhaseResult:
     import httpx
 
     res = PhaseResult(name, clients, duration)
@@ -178,6 +192,8 @@ async def run_phase(name: str, url: str, clients: int, duration: float, payloads
                         res.fail("200 with a non-JSON body")
                 elif r.status_code in (429, 503) and r.headers.get("retry-after"):
                     res.refused_latencies.append(dt)
+                    if backoff:  # a well-behaved client waits as told (capped), with jitter
+                        await asyncio.sleep(min(float(r.headers["retry-after"]), backoff) * random.uniform(0.5, 1.0))
                     try:
                         code = f"{r.status_code} {r.json()['error']['code']}"
                     except (ValueError, KeyError, TypeError):
@@ -319,6 +335,9 @@ def main() -> int:
     p.add_argument("--phases", default="uncached,cached,overload")
     p.add_argument("--endpoint", choices=["predict", "progression"], default="predict")
     p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout (a timeout is a failure)")
+    p.add_argument("--backoff", type=float, default=1.0,
+                   help="after a 503/429 a client sleeps Retry-After capped at this many seconds (0 = retry at once)")
+    p.add_argument("--prepared", type=int, default=3000, help="unique uploads encoded before each uncached phase")
     p.add_argument("--home", type=Path, default=Path(env("LOADTEST_HOME")) if env("LOADTEST_HOME") else None,
                    help="data home of a stack this script starts (default: make run's; env LOADTEST_HOME)")
     p.add_argument("--untrained", action="store_true", default=env("LOADTEST_UNTRAINED", "") == "1",
@@ -372,7 +391,10 @@ def main() -> int:
         for name in [s.strip() for s in args.phases.split(",") if s.strip()]:
             clients, unique = plan[name]
             print(f"[loadtest] phase {name}: {clients} clients for {args.duration:.0f} s ...", flush=True)
-            res = asyncio.run(run_phase(name, url, clients, args.duration, payloads, unique=unique, endpoint=args.endpoint, timeout=args.timeout))
+            if unique:
+                payloads.prepare_unique(args.prepared)
+            res = asyncio.run(run_phase(name, url, clients, args.duration, payloads, unique=unique, endpoint=args.endpoint,
+                                        timeout=args.timeout, backoff=args.backoff))
             rows.append(res.summary())
     finally:
         if started is not None:
