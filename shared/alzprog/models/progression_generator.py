@@ -255,6 +255,10 @@ class LiteUNetGenerator(ResidualGenerator):
         self.ups = nn.ModuleList(up_norm_relu(chans[i + 1], chans[i], norm) for i in reversed(range(depth - 1)))
         self.merges = nn.ModuleList(conv_norm_relu(2 * chans[i], chans[i], norm) for i in reversed(range(depth - 1)))
         self.final_up = up_norm_relu(chans[0], chans[0], norm)
+        # A thin full-resolution path: pixel-scale features of the input, merged with the
+        # upsampled context by one more convolution before the head.
+        self.full = conv_norm_relu(2, chans[0], norm)
+        self.refine = conv_norm_relu(2 * chans[0], chans[0], norm)
         self.head = nn.Conv2d(chans[0] + 2, 1, 3, 1, 1)
         nn.init.zeros_(self.head.weight)  # identity at initialisation
         nn.init.zeros_(self.head.bias)
@@ -270,7 +274,8 @@ class LiteUNetGenerator(ResidualGenerator):
         skips.pop()  # the bottleneck is h itself
         for up, merge in zip(self.ups, self.merges):
             h = merge(torch.cat([up(h), skips.pop()], dim=1))
-        return self.max_change * torch.tanh(self.head(torch.cat([self.final_up(h), inp], dim=1)))
+        h = self.refine(torch.cat([self.final_up(h), self.full(inp)], dim=1))
+        return self.max_change * torch.tanh(self.head(torch.cat([h, inp], dim=1)))
 
 
 class ConditionalPatchDiscriminator(nn.Module):
