@@ -25,7 +25,8 @@ from services.common.model_slot import ModelRef, Served
 from services.common.ort import ThreadPolicy, make_session
 
 log = logging.getLogger("generator.model")
-WARMUP_RUNS = 3
+WARMUP_RUNS = 4  # untimed: first runs allocate (an adaptive ORT session has two sessions to warm)
+TIMED_RUNS = 5  # median of these decides the backend
 
 
 class GeneratorRuntime:
@@ -67,11 +68,17 @@ class GeneratorRuntime:
 
     @staticmethod
     def _time(fn, image: np.ndarray, mask: np.ndarray) -> float:  # noqa: ANN001
-        fn(image, mask)  # first run allocates; not timed
-        t0 = time.perf_counter()
+        """Median seconds of ``fn`` after warm-up, timed in the loading thread (not the main
+        thread, like the serving pool: eager torch is ~40 % slower off the main thread here,
+        ONNX Runtime is not, docs/performance.md)."""
         for _ in range(WARMUP_RUNS):
             fn(image, mask)
-        return (time.perf_counter() - t0) / WARMUP_RUNS
+        times = []
+        for _ in range(TIMED_RUNS):
+            t0 = time.perf_counter()
+            fn(image, mask)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
 
     def _stacked(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         from alzprog.preprocessing import generator_input
