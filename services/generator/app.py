@@ -76,6 +76,7 @@ class GeneratorState:
             info = slot.info()
             cur = slot.current
             info["backend"] = cur.model.backend if cur else None
+            info["backend_timings_ms"] = cur.model.timings_ms if cur else None  # how the backend was chosen
             out.append(info)
         return out
 
