@@ -58,7 +58,9 @@ class GeneratorState:
             import torch
 
             torch.set_num_threads(threads.solo)  # process-wide: a lone chain gets every core
-        loader = make_loader(settings.backend, providers, threads)
+        self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="progress")
+        # Backends are timed in the pool that serves requests (see GeneratorRuntime._time).
+        loader = make_loader(settings.backend, providers, threads, timing_pool=self.pool)
         # Keyed by the source stage index of each transition.
         self.slots: dict[int, ModelSlot[GeneratorRuntime]] = {
             src: ModelSlot(SERVICE, progression_model_name(slug), settings.alias, loader) for slug, src, _ in TRANSITIONS
@@ -66,7 +68,6 @@ class GeneratorState:
         self.targets = {src: dst for _, src, dst in TRANSITIONS}
         self.watcher = SlotWatcher(list(self.slots.values()), poll_s=settings.poll_seconds, retry_s=settings.retry_seconds)
         self.limiter = AdmissionLimiter(self.concurrency, settings.max_queue, settings.queue_timeout_s)
-        self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="progress")
         self.providers = providers
         self.threads = threads
 

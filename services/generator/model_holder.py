@@ -14,7 +14,8 @@ import base64
 import logging
 import threading
 import time
-from typing import Any
+from concurrent.futures import Executor
+from typing import Any, Callable
 
 import numpy as np
 
@@ -32,7 +33,8 @@ TIMED_RUNS = 5  # median of these decides the backend
 class GeneratorRuntime:
     """One loaded transition generator version: uint8 canonical image + mask -> uint8 image."""
 
-    def __init__(self, ref: ModelRef, backend: str, providers: list[str], threads: ThreadPolicy) -> None:
+    def __init__(self, ref: ModelRef, backend: str, providers: list[str], threads: ThreadPolicy,
+                 timing_pool: Executor | None = None) -> None:
         cfg = ref.config
         if cfg.get("kind") != "progression_generator":
             raise ValueError(f"{ref.name} v{ref.version} is not a progression generator (kind={cfg.get('kind')!r})")
@@ -42,22 +44,21 @@ class GeneratorRuntime:
         self.torch_model = None
         self._lock = threading.Lock()
         onnx_path = ref.local_dir / ONNX_FILE
-        timings: dict[str, float] = {}
-        probe = np.zeros((self.size, self.size), np.uint8)
-        probe_mask = np.ones((self.size, self.size), bool)
+        candidates: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {}
         if backend in ("auto", "onnxruntime") and onnx_path.is_file():
             self.session = make_session(onnx_path, providers, threads)
             self.input_name = self.session.get_inputs()[0].name
-            timings["onnxruntime"] = self._time(self._run_ort, probe, probe_mask)
+            candidates["onnxruntime"] = self._run_ort
         if backend in ("auto", "torch") or self.session is None:
             from alzprog.artifacts import load_artifact
 
             import torch
 
-            # channels_last: the convolutions' fast layout on CPUs (8.7 ms against 13.5 ms for
-            # the lite U-Net on two AVX-512 cores, docs/performance.md).
+            # channels_last: the convolutions' fast layout on CPUs (13 ms against 19 ms for the
+            # lite U-Net on two AVX-512 cores, docs/performance.md).
             self.torch_model = load_artifact(ref.local_dir).model.eval().to(memory_format=torch.channels_last)
-            timings["torch"] = self._time(self._run_torch, probe, probe_mask)
+            candidates["torch"] = self._run_torch
+        timings = self._time(candidates, timing_pool)
         self.backend = min(timings, key=timings.get)
         self.timings_ms = {k: round(v * 1000, 2) for k, v in timings.items()}
         # Drop what we do not use, so memory holds one copy of the weights.
@@ -66,19 +67,34 @@ class GeneratorRuntime:
         else:
             self.session = None
 
-    @staticmethod
-    def _time(fn, image: np.ndarray, mask: np.ndarray) -> float:  # noqa: ANN001
-        """Median seconds of ``fn`` after warm-up, timed in the loading thread (not the main
-        thread, like the serving pool: eager torch is ~40 % slower off the main thread here,
-        ONNX Runtime is not, docs/performance.md)."""
-        for _ in range(WARMUP_RUNS):
-            fn(image, mask)
-        times = []
-        for _ in range(TIMED_RUNS):
+    def _time(self, candidates: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]],
+              pool: Executor | None) -> dict[str, float]:
+        """Median seconds per call of each backend, after warm-up, timed where requests run.
+
+        Each timed call goes through ``pool`` (the service's worker pool) when given: eager
+        torch is ~40 % slower off the main thread on this machine and ONNX Runtime is not, so a
+        measurement made elsewhere picks the wrong one (docs/performance.md). The backends are
+        timed in alternation, so a change in the machine's load falls on both alike.
+        """
+        image = np.zeros((self.size, self.size), np.uint8)
+        mask = np.ones((self.size, self.size), bool)
+
+        def call(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> float:
             t0 = time.perf_counter()
             fn(image, mask)
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times))
+            return time.perf_counter() - t0
+
+        def run(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> float:
+            return pool.submit(call, fn).result() if pool is not None else call(fn)
+
+        for fn in candidates.values():
+            for _ in range(WARMUP_RUNS):
+                run(fn)
+        times: dict[str, list[float]] = {name: [] for name in candidates}
+        for _ in range(TIMED_RUNS):
+            for name, fn in candidates.items():
+                times[name].append(run(fn))
+        return {name: float(np.median(ts)) for name, ts in times.items()}
 
     def _stacked(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         from alzprog.preprocessing import generator_input
@@ -115,11 +131,11 @@ def _as_tensor(arr: np.ndarray):  # noqa: ANN202
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def make_loader(backend: str, providers: list[str], threads: ThreadPolicy):  # noqa: ANN201
-    """The ``ModelSlot`` loader: ``ModelRef`` -> warmed-up ``GeneratorRuntime``."""
+def make_loader(backend: str, providers: list[str], threads: ThreadPolicy, timing_pool: Executor | None = None):  # noqa: ANN201
+    """The ``ModelSlot`` loader: ``ModelRef`` -> warmed-up ``GeneratorRuntime`` (backends timed in ``timing_pool``)."""
 
     def load(ref: ModelRef) -> GeneratorRuntime:
-        runtime = GeneratorRuntime(ref, backend, providers, threads)
+        runtime = GeneratorRuntime(ref, backend, providers, threads, timing_pool)
         log.info(
             "generator ready",
             extra={"model": ref.name, "version": ref.version, "backend": runtime.backend, "warmup_ms": runtime.timings_ms},
