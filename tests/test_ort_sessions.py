@@ -57,11 +57,11 @@ def test_adaptive_session_times_both_sessions_alone_then_overlapping_runs_go_sha
     assert isinstance(session, AdaptiveSession)
     name = session.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((1, 2, 128, 128)).astype(np.float32)
-    # Lone runs: solo first (its first run allocates and is not timed), then shared, until both are timed.
+    # Lone runs before any calibration: solo first (its first run allocates and is not timed),
+    # then shared, until both are timed.
     alone = [session.run(None, {name: x})[0] for _ in range(4)]
     assert session.solo_runs >= 2 and session.shared_runs >= 2
     assert session.lone_ms["solo"] is not None and session.lone_ms["shared"] is not None
-    lone_before = dict(session.lone_ms)
 
     shared_before = session.shared_runs
     results = _run_overlapping(session, x)
@@ -71,26 +71,50 @@ def test_adaptive_session_times_both_sessions_alone_then_overlapping_runs_go_sha
         np.testing.assert_allclose(out, alone[0], rtol=1e-4, atol=1e-5)
     stats = session.stats()
     assert stats["solo"]["threads"] == 2 and stats["shared"]["threads"] == 1
-    assert set(lone_before) == {"solo", "shared"}
+
+
+def test_calibrate_times_both_sessions_alone(conv_onnx: Path) -> None:
+    session = AdaptiveSession(conv_onnx, ["CPUExecutionProvider"], ThreadPolicy(solo=2, shared=1))
+    name = session.get_inputs()[0].name
+    ms = session.calibrate({name: np.zeros((1, 2, 128, 128), np.float32)}, runs=3)
+    assert ms["solo"] > 0 and ms["shared"] > 0
+    assert len(session._lone_times["solo"]) == len(session._lone_times["shared"]) == 3
+
+
+def _set_lone(session: AdaptiveSession, solo: float, shared: float) -> None:
+    for kind, value in (("solo", solo), ("shared", shared)):
+        session._lone_times[kind].clear()
+        session._lone_times[kind].extend([value] * session._lone_times[kind].maxlen)
 
 
 @pytest.mark.parametrize("faster", ["solo", "shared"])
 def test_a_lone_run_uses_the_session_that_was_faster_alone_and_sometimes_checks_the_other(conv_onnx: Path, faster: str) -> None:
     """On a busy machine one thread beats all CPUs for a lone run; the session follows the measurements."""
-    session = AdaptiveSession(conv_onnx, ["CPUExecutionProvider"], ThreadPolicy(solo=2, shared=1), explore_every=8, alpha=0.0)
+    session = AdaptiveSession(conv_onnx, ["CPUExecutionProvider"], ThreadPolicy(solo=2, shared=1), explore_every=8)
     name = session.get_inputs()[0].name
     x = np.zeros((1, 2, 128, 128), np.float32)
-    session.run(None, {name: x})  # untimed first runs of both sessions
-    session._runs["shared"] += 1
-    # alpha 0 freezes the averages at these figures: only the choice is under test.
-    session.lone_ms = {"solo": 5.0, "shared": 20.0} if faster == "solo" else {"solo": 20.0, "shared": 5.0}
+    session.calibrate({name: x}, runs=1)
     before = dict(session._runs)
     for _ in range(32):
+        # Frozen figures (reset before every run): only the choice is under test.
+        _set_lone(session, 5.0, 20.0) if faster == "solo" else _set_lone(session, 20.0, 5.0)
         session.run(None, {name: x})
     used = {k: session._runs[k] - before[k] for k in before}
     other = "shared" if faster == "solo" else "solo"
     assert used[other] == 32 // 8, used  # the exploration runs only
     assert used[faster] == 32 - 32 // 8, used
+
+
+def test_one_slow_outlier_does_not_flip_the_choice(conv_onnx: Path) -> None:
+    """The figure is a median over a window: a single slow lone run (a hiccup) changes nothing."""
+    session = AdaptiveSession(conv_onnx, ["CPUExecutionProvider"], ThreadPolicy(solo=2, shared=1), window=5)
+    session._lone = 1  # not an exploration turn
+    _set_lone(session, 10.0, 20.0)
+    session._lone_times["solo"].append(500.0)
+    assert session._lone_choice() == "solo"
+    for _ in range(3):  # a lasting change (another process took a core) does flip it
+        session._lone_times["solo"].append(500.0)
+    assert session._lone_choice() == "shared"
 
 
 def test_fixed_threads_or_a_gpu_provider_list_give_one_plain_session(conv_onnx: Path) -> None:

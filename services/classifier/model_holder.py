@@ -59,7 +59,10 @@ class ClassifierRuntime:
         else:
             self.providers = ["torch"]
         t0 = time.perf_counter()
-        self.logits(np.zeros((self.size, self.size), np.uint8))  # warm-up: first run allocates
+        probe = np.zeros((self.size, self.size), np.uint8)
+        self.logits(probe)  # warm-up: first run allocates
+        if hasattr(self.session, "calibrate"):  # adaptive threads: time both sessions alone now
+            self.session.calibrate({self.input_name: self._input(probe)})
         self.warmup_s = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ inference

@@ -13,8 +13,10 @@ other work).
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,35 +88,51 @@ class AdaptiveSession:
     run is single-threaded (best throughput). For a lone run, all CPUs are fastest on a quiet
     machine but about twice *slower* than one thread when another process busies a core (ONNX
     Runtime's threads wait for the preempted one: 95 ms against 47 ms for B4 on this machine,
-    docs/performance.md). So lone runs are timed per session (an exponential moving average of
-    runs that no other run overlapped) and the faster one is used; every ``explore_every``-th lone
-    run tries the other to keep its figure current. The cost is a second copy of the weights in
-    memory. Same ``run`` / ``get_inputs`` surface as an ``InferenceSession``.
+    docs/performance.md). So lone runs are timed per session (the median of the last
+    ``window`` runs that no other run overlapped: one slow outlier cannot flip the choice) and
+    the faster one is used; every ``explore_every``-th lone run tries the other to keep its
+    figure current. :meth:`calibrate` fills both figures at load. The cost is a second copy of
+    the weights in memory. Same ``run`` / ``get_inputs`` surface as an ``InferenceSession``.
     """
 
-    def __init__(self, path: Path, providers: list[str], policy: ThreadPolicy, *, explore_every: int = 32,
-                 alpha: float = 0.2) -> None:
+    def __init__(self, path: Path, providers: list[str], policy: ThreadPolicy, *, explore_every: int = 16,
+                 window: int = 5) -> None:
         self.policy = policy
         self.solo = _session(path, providers, policy.solo)
         self.shared = _session(path, providers, policy.shared)
         self.explore_every = explore_every
-        self.alpha = alpha
         self._lock = threading.Lock()
         self._active = 0
         self._starts = 0
         self._lone = 0
         self._runs = {"solo": 0, "shared": 0}
-        self.lone_ms: dict[str, float | None] = {"solo": None, "shared": None}
+        self._lone_times: dict[str, deque[float]] = {"solo": deque(maxlen=window), "shared": deque(maxlen=window)}
+
+    @property
+    def lone_ms(self) -> dict[str, float | None]:
+        """Median lone-run latency (ms) of each session over its window; None before any."""
+        return {k: (statistics.median(v) if v else None) for k, v in self._lone_times.items()}
 
     def _lone_choice(self) -> str:
-        solo, shared = self.lone_ms["solo"], self.lone_ms["shared"]
+        ms = self.lone_ms
+        solo, shared = ms["solo"], ms["shared"]
         if solo is None or shared is None:
-            choice = "solo" if solo is None else "shared"  # measure both first
-        else:
-            choice = "solo" if solo <= shared else "shared"
-            if self._lone % self.explore_every == 0:
-                choice = "shared" if choice == "solo" else "solo"
+            return "solo" if solo is None else "shared"  # measure both first
+        choice = "solo" if solo <= shared else "shared"
+        if self._lone % self.explore_every == 0:
+            choice = "shared" if choice == "solo" else "solo"
         return choice
+
+    def calibrate(self, feeds: dict[str, Any], runs: int = 5) -> dict[str, float | None]:
+        """Time ``runs`` lone runs of each session, alternating (after one untimed run each)."""
+        for sess in (self.solo, self.shared):
+            sess.run(None, feeds)
+        for _ in range(runs):
+            for kind, sess in (("solo", self.solo), ("shared", self.shared)):
+                t0 = time.perf_counter()
+                sess.run(None, feeds)
+                self._lone_times[kind].append((time.perf_counter() - t0) * 1000)
+        return self.lone_ms
 
     def run(self, output_names: list[str] | None, feeds: dict[str, Any]) -> list[Any]:
         with self._lock:
@@ -138,8 +156,7 @@ class AdaptiveSession:
                 self._active -= 1
                 # Timed only if it ran alone from start to end (no other run started meanwhile).
                 if alone and not first and self._starts == started:
-                    old = self.lone_ms[kind]
-                    self.lone_ms[kind] = ms if old is None else (1 - self.alpha) * old + self.alpha * ms
+                    self._lone_times[kind].append(ms)
 
     @property
     def solo_runs(self) -> int:
@@ -150,10 +167,11 @@ class AdaptiveSession:
         return self._runs["shared"]
 
     def stats(self) -> dict[str, Any]:
-        """Threads, runs and lone-run latency (ms, moving average) per session."""
+        """Threads, runs and lone-run latency (ms, median of the window) per session."""
+        ms = self.lone_ms
         return {
             kind: {"threads": getattr(self.policy, kind), "runs": self._runs[kind],
-                   "lone_ms": None if self.lone_ms[kind] is None else round(self.lone_ms[kind], 2)}
+                   "lone_ms": None if ms[kind] is None else round(ms[kind], 2)}
             for kind in ("solo", "shared")
         }
 

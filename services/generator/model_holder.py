@@ -48,6 +48,9 @@ class GeneratorRuntime:
         if backend in ("auto", "onnxruntime") and onnx_path.is_file():
             self.session = make_session(onnx_path, providers, threads)
             self.input_name = self.session.get_inputs()[0].name
+            if hasattr(self.session, "calibrate"):  # adaptive threads: time both sessions alone now
+                probe = np.zeros((self.size, self.size), np.uint8)
+                self.session.calibrate({self.input_name: self._stacked(probe, np.ones_like(probe, dtype=bool))})
             candidates["onnxruntime"] = self._run_ort
         if backend in ("auto", "torch") or self.session is None:
             from alzprog.artifacts import load_artifact
