@@ -162,8 +162,24 @@ def conv_block(cin: int, cout: int, norm: str = "batch") -> nn.Sequential:
 class ResidualGenerator(nn.Module):
     """Base of the default variant's generators: ``output = clamp(x + mask * change(x, mask), -1, 1)``."""
 
+    downs: nn.ModuleList
+    ups: nn.ModuleList
+    merges: nn.ModuleList
+
     def change(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def down_and_up(self, h: torch.Tensor) -> torch.Tensor:
+        """The U: down through ``downs`` keeping each scale, back up through ``ups``, each
+        followed by a ``merges`` convolution of the upsampled map and that scale's skip."""
+        skips = [h]
+        for down in self.downs:
+            h = down(h)
+            skips.append(h)
+        skips.pop()  # the bottleneck is h itself
+        for up, merge in zip(self.ups, self.merges):
+            h = merge(torch.cat([up(h), skips.pop()], dim=1))
+        return h
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         image, m = split_input(x, mask)
@@ -206,14 +222,7 @@ class ResidualUNetGenerator(ResidualGenerator):
 
     def change(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The predicted change before masking, bounded to ``[-max_change, max_change]``."""
-        h = self.stem(torch.cat([image, mask], dim=1))
-        skips = [h]
-        for down in self.downs:
-            h = down(h)
-            skips.append(h)
-        skips.pop()  # the bottleneck is h itself
-        for up, merge in zip(self.ups, self.merges):
-            h = merge(torch.cat([up(h), skips.pop()], dim=1))
+        h = self.down_and_up(self.stem(torch.cat([image, mask], dim=1)))
         return self.max_change * torch.tanh(self.head(h))
 
 
@@ -266,14 +275,7 @@ class LiteUNetGenerator(ResidualGenerator):
     def change(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The predicted change before masking, bounded to ``[-max_change, max_change]``."""
         inp = torch.cat([image, mask], dim=1)
-        h = self.stem(inp)
-        skips = [h]
-        for down in self.downs:
-            h = down(h)
-            skips.append(h)
-        skips.pop()  # the bottleneck is h itself
-        for up, merge in zip(self.ups, self.merges):
-            h = merge(torch.cat([up(h), skips.pop()], dim=1))
+        h = self.down_and_up(self.stem(inp))
         h = self.refine(torch.cat([self.final_up(h), self.full(inp)], dim=1))
         return self.max_change * torch.tanh(self.head(torch.cat([h, inp], dim=1)))
 
