@@ -25,7 +25,6 @@ metadata-free PNG, never the uploaded bytes or a file name.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import importlib.util
 import logging
@@ -78,9 +77,9 @@ def decode_to_canonical(data: bytes, nifti_slice: int | None) -> CanonicalPixels
 
 def png_data_url(image: np.ndarray) -> str:
     """The canonical slice as a metadata-free PNG data URL (what the models saw)."""
-    from alzprog.decode import encode_png
+    from alzprog.decode import png_data_url as data_url
 
-    return PNG_DATA_URL + base64.b64encode(encode_png(image)).decode("ascii")
+    return data_url(image)
 
 
 def compute_brain_mask(image: np.ndarray) -> np.ndarray:

@@ -10,7 +10,6 @@ SYNTHETIC and re-encoded from pixels (no metadata).
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import time
@@ -150,9 +149,9 @@ def make_loader(backend: str, providers: list[str], threads: ThreadPolicy, timin
 
 def png_data_url(image: np.ndarray) -> str:
     """Re-encode pixels as a metadata-free PNG data URL."""
-    from alzprog.decode import encode_png
+    from alzprog.decode import png_data_url as data_url
 
-    return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
+    return data_url(image)
 
 
 def run_chain(

@@ -219,6 +219,13 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def png_data_url(image: np.ndarray) -> str:
+    """:func:`encode_png` as a ``data:image/png;base64,...`` URL (what the services return)."""
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
+
+
 # ---------------------------------------------------------------------------------------
 # Shared helpers
 
