@@ -37,8 +37,12 @@ def tiny_classifier_artifact(out: Path, seed: int = 0, temperature: float = 1.5)
     return out
 
 
-def tiny_generator_artifact(out: Path, seed: int = 0) -> Path:
-    """A small residual U-Net generator artifact with perturbed (non-identity) weights."""
+def tiny_generator_artifact(out: Path, seed: int = 0, precision_sensitive: bool = False) -> Path:
+    """A small residual U-Net generator artifact with perturbed (non-identity) weights.
+
+    ``precision_sensitive``: the head is :func:`make_precision_sensitive`, so its bf16 output
+    is far from fp32 (the generator service must then refuse bf16 for it).
+    """
     import torch
 
     from alzprog.artifacts import save_artifact
@@ -51,8 +55,27 @@ def tiny_generator_artifact(out: Path, seed: int = 0) -> Path:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
+    if precision_sensitive:
+        make_precision_sensitive(model)
     save_artifact(out, model, cfg, torch.randn(1, 2, 256, 256), onnx_atol=1e-3)
     return out
+
+
+def make_precision_sensitive(model) -> None:  # noqa: ANN001 - a lite generator
+    """Make a lite generator's change a high-gain difference of neighbouring pixels (in place).
+
+    The head (last conv) sees the input image as its second-last channel. A gain of ~250 on
+    the difference of two neighbours turns bf16's rounding of the image (up to 0.4 %) and of
+    the gain itself (250.25 becomes 250) into grey levels: a model bf16 must not serve.
+    """
+    import torch
+
+    head = model.head
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[0, -2, 1, 1] = 250.25
+        head.weight[0, -2, 1, 2] = -250.0
 
 
 def seed_cache(home: Path, name: str, version: str | int, artifact: Path) -> Path:

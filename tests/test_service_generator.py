@@ -65,9 +65,12 @@ def test_chain_from_non_demented_gives_three_synthetic_steps(home, gen_artifacts
     body, headers = encode_canonical(c.image, c.mask)
     with TestClient(create_app(Settings(retry_seconds=0.2, backend=backend, max_concurrency=1))) as client:
         ready = wait_ready(client)
-        assert {m["backend"] for m in ready["models"]} <= {"onnxruntime", "torch"}
-        if backend != "auto":
-            assert {m["backend"] for m in ready["models"]} == {backend}
+        served = {m["backend"] for m in ready["models"]}
+        assert served <= {"onnxruntime", "torch", "torch-bf16"}
+        if backend == "onnxruntime":
+            assert served == {"onnxruntime"}
+        elif backend == "torch":  # fp32 or, where native and faithful, bf16 (precision "auto")
+            assert served <= {"torch", "torch-bf16"}
         r = client.post("/v1/progress", params={"from_stage": "Non Demented"}, content=body, headers=headers)
     assert r.status_code == 200, r.text
     out = r.json()
@@ -84,6 +87,48 @@ def test_chain_from_non_demented_gives_three_synthetic_steps(home, gen_artifacts
         gray = pixels if pixels.ndim == 2 else pixels[..., 0]
         assert not np.array_equal(gray, previous)
         previous = gray
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_setting_decides_whether_bf16_serves(home, gen_artifacts, precision):
+    """``fp32`` never offers bf16; ``bf16`` serves it where the CPU runs bf16 natively and the
+    model passed the fidelity check (figures in /v1/info); the chain answers either way."""
+    from alzprog.precision import cpu_bf16_native
+
+    seed_all(home, gen_artifacts)
+    c = canonical(2)
+    body, headers = encode_canonical(c.image, c.mask)
+    with TestClient(create_app(Settings(retry_seconds=0.2, backend="torch", precision=precision, max_concurrency=1))) as client:
+        wait_ready(client)
+        models = client.get("/v1/info").json()["models"]
+        r = client.post("/v1/progress", params={"from_stage": "nd"}, content=body, headers=headers)
+    assert r.status_code == 200 and len(r.json()["steps"]) == 3
+    if precision == "fp32":
+        assert {m["backend"] for m in models} == {"torch"}
+        assert all(m["bf16_fidelity"] is None for m in models)
+    elif cpu_bf16_native():
+        assert {m["backend"] for m in models} == {"torch-bf16"}
+        for m in models:
+            assert m["bf16_fidelity"]["within"] is True and m["bf16_fidelity"]["mean_abs"] <= 0.5
+            assert set(m["backend_timings_ms"]) == {"torch-bf16"}
+    else:  # emulated bf16 is never offered
+        assert {m["backend"] for m in models} == {"torch"}
+
+
+def test_bf16_is_refused_for_a_model_whose_output_it_changes(home, gen_artifacts, tmp_path):
+    from alzprog.precision import cpu_bf16_native
+
+    seed_all(home, gen_artifacts)
+    sensitive = tiny_generator_artifact(tmp_path / "sensitive", seed=7, precision_sensitive=True)
+    seed_cache(home, progression_model_name("vmd-md"), 1, sensitive)
+    with TestClient(create_app(Settings(retry_seconds=0.2, backend="torch", precision="bf16", max_concurrency=1))) as client:
+        wait_ready(client)
+        models = {m["name"]: m for m in client.get("/v1/info").json()["models"]}
+    served = models[progression_model_name("vmd-md")]
+    assert served["backend"] == "torch"  # fp32: bf16 would have moved the output by grey levels
+    if cpu_bf16_native():
+        assert served["bf16_fidelity"]["within"] is False and served["bf16_fidelity"]["mean_abs"] > 0.5
+        assert models[progression_model_name("nd-vmd")]["backend"] == "torch-bf16"
 
 
 def test_chain_starts_at_the_given_stage(home, gen_artifacts):

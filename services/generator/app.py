@@ -54,13 +54,13 @@ class GeneratorState:
         self.concurrency = settings.max_concurrency or available_cpus()
         providers = choose_providers(settings.providers)
         threads = thread_policy(settings.intra_op_threads, self.concurrency)
-        if settings.backend != "onnxruntime":
+        if settings.backend != "onnxruntime":  # torch may serve (fp32 or bf16)
             import torch
 
             torch.set_num_threads(threads.solo)  # process-wide: a lone chain gets every core
         self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="progress")
         # Backends are timed in the pool that serves requests (see GeneratorRuntime._time).
-        loader = make_loader(settings.backend, providers, threads, timing_pool=self.pool)
+        loader = make_loader(settings.backend, providers, threads, timing_pool=self.pool, precision=settings.precision)
         # Keyed by the source stage index of each transition.
         self.slots: dict[int, ModelSlot[GeneratorRuntime]] = {
             src: ModelSlot(SERVICE, progression_model_name(slug), settings.alias, loader) for slug, src, _ in TRANSITIONS
@@ -78,6 +78,7 @@ class GeneratorState:
             cur = slot.current
             info["backend"] = cur.model.backend if cur else None
             info["backend_timings_ms"] = cur.model.timings_ms if cur else None  # how the backend was chosen
+            info["bf16_fidelity"] = cur.model.bf16_fidelity if cur else None  # why bf16 was (not) offered
             out.append(info)
         return out
 

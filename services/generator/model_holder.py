@@ -1,9 +1,11 @@
 """The three transition generators, ready to run, and the chain from a stage to Moderate.
 
 Each transition (``alzprog.constants.TRANSITIONS``) has its own :class:`ModelSlot`; each
-loaded version is a :class:`GeneratorRuntime` that runs either ONNX Runtime or eager PyTorch,
-whichever was faster at warm-up (issue #7 measured ORT slower for some generators on CPU),
-unless the setting forces one. Pixels go in and out through the shared preprocessing
+loaded version is a :class:`GeneratorRuntime` that runs ONNX Runtime, eager PyTorch fp32, or
+eager PyTorch under bfloat16 autocast, whichever was fastest at warm-up (issue #7 measured ORT
+slower for some generators on CPU, and bf16 about twice as fast as fp32 on a CPU with native
+bf16), unless a setting forces one. bf16 is offered only for a model whose bf16 output stays
+within :data:`alzprog.precision.BF16_TOLERANCE` of its fp32 output (checked at load). Pixels go in and out through the shared preprocessing
 (``generator_input`` / ``generator_output_to_uint8``); every returned image is marked
 SYNTHETIC and re-encoded from pixels (no metadata).
 """
@@ -33,7 +35,7 @@ class GeneratorRuntime:
     """One loaded transition generator version: uint8 canonical image + mask -> uint8 image."""
 
     def __init__(self, ref: ModelRef, backend: str, providers: list[str], threads: ThreadPolicy,
-                 timing_pool: Executor | None = None) -> None:
+                 timing_pool: Executor | None = None, precision: str = "auto") -> None:
         cfg = ref.config
         if cfg.get("kind") != "progression_generator":
             raise ValueError(f"{ref.name} v{ref.version} is not a progression generator (kind={cfg.get('kind')!r})")
@@ -41,6 +43,7 @@ class GeneratorRuntime:
         self.size = int(cfg.get("image_size", 256))
         self.session = None
         self.torch_model = None
+        self.bf16_fidelity: dict[str, float | bool] | None = None
         self._lock = threading.Lock()
         onnx_path = ref.local_dir / ONNX_FILE
         candidates: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {}
@@ -60,6 +63,10 @@ class GeneratorRuntime:
             # lite U-Net on two AVX-512 cores, docs/performance.md).
             self.torch_model = load_artifact(ref.local_dir).model.eval().to(memory_format=torch.channels_last)
             candidates["torch"] = self._run_torch
+            if self._bf16_allowed(precision):
+                candidates["torch-bf16"] = self._run_torch_bf16
+        if precision == "bf16" and "torch-bf16" in candidates:
+            candidates = {"torch-bf16": candidates["torch-bf16"]}
         timings = self._time(candidates, timing_pool)
         self.backend = min(timings, key=timings.get)
         self.timings_ms = {k: round(v * 1000, 2) for k, v in timings.items()}
@@ -98,6 +105,25 @@ class GeneratorRuntime:
                 times[name].append(run(fn))
         return {name: float(np.median(ts)) for name, ts in times.items()}
 
+    def _bf16_allowed(self, precision: str) -> bool:
+        """Whether bf16 may serve this model: asked for (``auto`` / ``bf16``), native on this CPU,
+        and within tolerance of fp32 on the probe slices (the figures are kept for ``/v1/info``)."""
+        from alzprog.precision import bf16_fidelity, cpu_bf16_native
+
+        if precision == "fp32":
+            return False
+        if not cpu_bf16_native():
+            if precision == "bf16":
+                log.warning("GENERATOR_PRECISION=bf16 but this CPU has no native bfloat16; serving fp32",
+                            extra={"model": self.ref.name})
+            return False
+        fidelity = bf16_fidelity(self._run_torch, self._run_torch_bf16, self.size)
+        self.bf16_fidelity = fidelity.as_dict()
+        if not fidelity.within:
+            log.warning("bf16 output of this model is outside tolerance; serving fp32",
+                        extra={"model": self.ref.name, "version": self.ref.version, "bf16_fidelity": self.bf16_fidelity})
+        return fidelity.within
+
     def _stacked(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         from alzprog.preprocessing import generator_input
 
@@ -121,9 +147,17 @@ class GeneratorRuntime:
             out = self.torch_model(x)
         return generator_output_to_uint8(out[0])
 
+    def _run_torch_bf16(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        from alzprog.precision import autocast_bf16
+
+        with autocast_bf16():
+            return self._run_torch(image, mask)
+
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if self.backend == "onnxruntime":
             return self._run_ort(image, mask)
+        if self.backend == "torch-bf16":
+            return self._run_torch_bf16(image, mask)
         return self._run_torch(image, mask)
 
 
@@ -133,14 +167,16 @@ def _as_tensor(arr: np.ndarray):  # noqa: ANN202
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
-def make_loader(backend: str, providers: list[str], threads: ThreadPolicy, timing_pool: Executor | None = None):  # noqa: ANN201
+def make_loader(backend: str, providers: list[str], threads: ThreadPolicy, timing_pool: Executor | None = None,
+                precision: str = "auto"):  # noqa: ANN201
     """The ``ModelSlot`` loader: ``ModelRef`` -> warmed-up ``GeneratorRuntime`` (backends timed in ``timing_pool``)."""
 
     def load(ref: ModelRef) -> GeneratorRuntime:
-        runtime = GeneratorRuntime(ref, backend, providers, threads, timing_pool)
+        runtime = GeneratorRuntime(ref, backend, providers, threads, timing_pool, precision)
         log.info(
             "generator ready",
-            extra={"model": ref.name, "version": ref.version, "backend": runtime.backend, "warmup_ms": runtime.timings_ms},
+            extra={"model": ref.name, "version": ref.version, "backend": runtime.backend, "warmup_ms": runtime.timings_ms,
+                   "bf16_fidelity": runtime.bf16_fidelity},
         )
         return runtime
 

@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     backend: Literal["auto", "onnxruntime", "torch"] = Field(
         "auto", description="'auto' times both at warm-up and keeps the faster one per model"
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="'auto' also times eager PyTorch under bfloat16 autocast where the CPU runs bf16 natively and "
+        "the model's bf16 output is within tolerance of fp32 (alzprog.precision); 'fp32' never; 'bf16' uses it "
+        "whenever it is native and within tolerance",
+    )
     max_concurrency: int = Field(0, ge=0, description="parallel chains; 0 = the CPUs available")
     max_queue: int = Field(8, ge=0, description="requests allowed to wait; more are refused with 503")
     queue_timeout_s: float = Field(20.0, gt=0)

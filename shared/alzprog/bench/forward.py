@@ -194,6 +194,17 @@ def bench_model(
                 elif variant == "channels_last":
                     cl_model = model.to(memory_format=torch.channels_last)
                     fn = _eager_fn(cl_model, x.contiguous(memory_format=torch.channels_last))
+                elif variant == "bf16":
+                    # What the generator service serves where the CPU runs bf16 natively
+                    # (alzprog.precision): channels_last under bfloat16 autocast.
+                    from alzprog.precision import autocast_bf16
+
+                    cl_model = model.to(memory_format=torch.channels_last)
+                    inner = _eager_fn(cl_model, x.contiguous(memory_format=torch.channels_last))
+
+                    def fn(inner=inner) -> Any:  # noqa: ANN001
+                        with autocast_bf16():
+                            return inner()
                 elif variant == "onnxruntime":
                     fn = _ort_fn(session, x)
                 elif variant == "compile":
@@ -217,7 +228,7 @@ def bench_model(
                 rows.append(measurement("forward", case, variant, stats, unit="image", batch=batch,
                                         baseline="eager", note=note))
                 log.info("%s %-13s p50 %.1f ms  %.2f img/s", case, variant, stats["p50_ms"], stats["throughput"])
-                if variant == "channels_last":
+                if variant in ("channels_last", "bf16"):
                     model.to(memory_format=torch.contiguous_format)
     finally:
         if tmp is not None:
@@ -247,7 +258,11 @@ def run(
     rows += bench_model("classifier", build_classifier(tiny), lambda b: classifier_example(b, clf_size),
                         batches=batches, repeats=reps, warmup=warm,
                         variants=base_variants + (("compile",) if compile_classifier and not quick else ()))
+    from alzprog.precision import cpu_bf16_native
+
     gen_variants = base_variants + (("compile",) if compile_generators and not quick else ())
+    if cpu_bf16_native():
+        gen_variants += ("bf16",)
     rows += bench_model("generator", build_progression_generator("default", tiny), generator_example, batches=batches,
                         repeats=reps, warmup=warm, variants=gen_variants)
     if not quick:
