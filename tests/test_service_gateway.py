@@ -129,6 +129,21 @@ def test_predict_on_real_oasis_sample_follows_the_contract(make_gateway, sample_
     assert out["cached"] is False
     assert r.headers["cache-control"] == "no-store"
     assert r.headers["x-request-id"]
+    # Where the time went, across the gateway and the classifier it called.
+    phases = server_timing(r)
+    assert {"upload", "classify", "classifier-infer", "total"} <= set(phases), phases
+    assert phases["classifier-infer"] <= phases["classify"] <= phases["total"]
+
+
+def server_timing(resp) -> dict[str, float]:
+    """``{name: ms}`` of a response's Server-Timing header (W3C: ``name;dur=ms, ...``)."""
+    out = {}
+    for part in resp.headers.get("server-timing", "").split(","):
+        if part.strip():
+            name, dur = part.strip().split(";dur=")
+            out[name] = float(dur)
+            assert out[name] >= 0
+    return out
 
 
 def test_second_identical_upload_comes_from_redis_without_calling_the_classifier(make_gateway, sample_bytes, backends, redis_url, key_prefix):
@@ -161,10 +176,14 @@ def test_progression_from_non_demented_returns_three_synthetic_steps(make_gatewa
     assert [m["name"] for m in out["generator_models"]] == [progression_model_name(t[0]) for t in TRANSITIONS]
     assert out["canonical"].startswith("data:image/png;base64,")
     assert r.headers["cache-control"] == "no-store"
+    phases = server_timing(r)
+    assert {"upload", "mask", "classifier-infer", "generator-forward", "generator-png", "total"} <= set(phases), phases
+    assert phases["generator-forward"] + phases["generator-png"] <= phases["total"]
     calls = progress_count(backends["generator"].url)
     again = gw.post("/progression", files={"file": ("a.jpg", sample_bytes)}, data={"from_stage": "nd"})
     assert again.json()["cached"] is True
     assert progress_count(backends["generator"].url) == calls
+    assert not any(k.startswith(("generator-", "classifier-")) for k in server_timing(again))  # nothing computed
 
 
 def test_identical_concurrent_uploads_are_computed_once(make_gateway, backends):

@@ -30,6 +30,7 @@ from services.common.errors import ERROR_RESPONSES, ServiceError, unavailable
 from services.common.logs import configure_logging
 from services.common.model_slot import ModelSlot, SlotWatcher
 from services.common.ort import choose_providers, thread_policy
+from services.common.timing import ServerTiming
 from services.common.wire import SHAPE_HEADER, decode_canonical
 
 SERVICE = "classifier"
@@ -132,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
 
     @app.post("/v1/classify", openapi_extra=CANONICAL_BODY, responses={k: ERROR_RESPONSES[k] for k in (400, 413, 503)})
-    async def classify(request: Request, explain: bool = Query(False, description="add a Grad-CAM overlay")) -> dict[str, Any]:
+    async def classify(request: Request, explain: bool = Query(False, description="add a Grad-CAM overlay")) -> JSONResponse:
         """Stage probabilities (temperature-calibrated) of one canonical slice."""
         s = svc(request)
         served = s.slot.current  # one reference for the whole request: swaps never mix versions
@@ -142,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ServiceError(400, "explain_disabled", "explanations are disabled on this service")
         image, mask = decode_canonical(await request.body(), request.headers.get(SHAPE_HEADER), CANONICAL_SIZE)
         runtime = served.model
+        timing = ServerTiming()
         try:
             async with s.limiter.admit():
                 loop = asyncio.get_running_loop()
@@ -152,7 +154,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     result = await loop.run_in_executor(s.pool, runtime.predict, image)
                 if explain:
                     result["explain"] = await loop.run_in_executor(s.pool, runtime.explain, image, mask, result["stage_index"])
-                metrics.INFERENCE_LATENCY.labels(SERVICE, served.ref.name).observe(time.perf_counter() - t0)
+                elapsed = time.perf_counter() - t0
+                metrics.INFERENCE_LATENCY.labels(SERVICE, served.ref.name).observe(elapsed)
+                timing.add("infer", elapsed)
         except ServiceError as exc:
             if exc.code == "overloaded":
                 metrics.OVERLOAD_REJECTIONS.labels(SERVICE).inc()
@@ -160,7 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.INFERENCES.labels(SERVICE, served.ref.name, served.version).inc()
         result["model"] = {"name": served.ref.name, "version": served.version}
         result.setdefault("explain", None)
-        return result
+        return JSONResponse(result, headers=timing.as_headers())
 
     return app
 

@@ -28,6 +28,8 @@ from services.common.app import Lifecycle, build_app, serve
 from services.common.cpu import available_cpus
 from services.common.errors import ERROR_RESPONSES, ServiceError
 from services.common.logs import configure_logging
+from services.common.timing import HEADER as TIMING_HEADER
+from services.common.timing import ServerTiming
 from services.common.wire import encode_canonical
 from services.gateway.admission import InFlight, InFlightLimitMiddleware
 from services.gateway.auth import ApiKeyMiddleware
@@ -210,7 +212,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if token is not None:
                 await s.cache.release(lookup, token)
 
-    async def classify(s: GatewayState, up: Upload, explain: bool) -> tuple[dict[str, Any], bool]:
+    async def classify(s: GatewayState, up: Upload, explain: bool, timing: ServerTiming) -> tuple[dict[str, Any], bool]:
         """The classifier's answer for ``up``: from the cache, a concurrent twin, or the backend."""
         sha = up.sha256 or await up.resolve()
         versions = await s.classifier_versions.versions()
@@ -224,6 +226,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             resp = await s.classifier.call(
                 "POST", "/v1/classify", deadline_s=settings.classify_deadline_s, content=body, headers=headers, params={"explain": str(explain).lower()}
             )
+            timing.extend("classifier", resp.headers.get(TIMING_HEADER))
             result = resp.json()
             result = {
                 "stage": result["stage"],
@@ -241,7 +244,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         result, cached = await s.flights.run(flight_key, lambda: cached_or_computed(s, lookup, PREDICT_FIELDS, call))
         return dict(result), cached
 
-    async def progress(s: GatewayState, up: Upload, start: int) -> tuple[dict[str, Any], bool]:
+    async def progress(s: GatewayState, up: Upload, start: int, timing: ServerTiming) -> tuple[dict[str, Any], bool]:
         """The generator chain from stage ``start``: cache, concurrent twin, or the backend."""
         sha = up.sha256 or await up.resolve()
         needed = [progression_model_name(slug) for slug, src, _ in TRANSITIONS if src >= start]
@@ -251,10 +254,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lookup = s.cache.key("progression", sha, tag, f"from{start}") if tag else None
 
         async def call() -> dict[str, Any]:
-            body, headers = encode_canonical(await up.pixels(), await up.mask())
+            with timing.phase("mask"):  # usually started earlier: only the wait shows
+                mask = await up.mask()
+            body, headers = encode_canonical(await up.pixels(), mask)
             resp = await s.generator.call(
                 "POST", "/v1/progress", deadline_s=settings.progress_deadline_s, content=body, headers=headers, params={"from_stage": str(start)}
             )
+            timing.extend("generator", resp.headers.get(TIMING_HEADER))
             data = resp.json()
             result = {
                 "steps": [
@@ -320,15 +326,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> JSONResponse:
         """Stage of one MRI slice: calibrated probabilities for the four stages and the model version."""
         s = svc(request)
+        timing = ServerTiming()
+        t0 = time.perf_counter()
         want_explain = _bool(explain, explain_q)
-        up = await read_upload(s, file, nifti_slice)
-        await up.resolve(need_png=want_explain)
-        result, cached = await classify(s, up, want_explain)
+        with timing.phase("upload"):
+            up = await read_upload(s, file, nifti_slice)
+            await up.resolve(need_png=want_explain)
+        with timing.phase("classify"):
+            result, cached = await classify(s, up, want_explain, timing)
         result["cached"] = cached
         if want_explain:
             result["canonical"] = await up.png()
         log.info("predicted", extra={"stage_index": result["stage_index"], "cached": cached, "model_version": result["model"]["version"]})
-        return JSONResponse(result, headers=NO_STORE)
+        timing.add("total", time.perf_counter() - t0)
+        return JSONResponse(result, headers={**NO_STORE, **timing.as_headers()})
 
     @app.post("/progression", tags=["results"], response_model=ProgressionResponse, responses=RESULT_ERRORS)
     async def progression(
@@ -342,6 +353,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> JSONResponse:
         """Stage plus the synthetic road ahead: one SYNTHETIC slice per stage up to Moderate Dementia."""
         s = svc(request)
+        timing = ServerTiming()
+        t0 = time.perf_counter()
         requested = from_stage if from_stage is not None else from_stage_q
         start: int | None = None
         if requested is not None and requested.strip():
@@ -350,19 +363,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             except ValueError:
                 raise ServiceError(422, "bad_stage", f"from_stage must be one of {', '.join(STAGES)}, a slug (nd, vmd, md, mod) or 0-3") from None
         # The upload is resolved even while a backend's circuit is open: its answer may be cached.
-        up = await read_upload(s, file, nifti_slice)
-        await up.resolve(need_png=True)
+        with timing.phase("upload"):
+            up = await read_upload(s, file, nifti_slice)
+            await up.resolve(need_png=True)
         if up.decoded:
             # A new upload (no record): its chain is most likely not cached either, so the
             # generator will need the brain mask; compute it while the classifier works.
             up.start_mask()
         if start is None:
-            result, clf_cached = await classify(s, up, _bool(explain, explain_q))
+            with timing.phase("classify"):
+                result, clf_cached = await classify(s, up, _bool(explain, explain_q), timing)
             start = result["stage_index"]
-            chain, gen_cached = await progress(s, up, start)
+            with timing.phase("progress"):
+                chain, gen_cached = await progress(s, up, start, timing)
         else:
             # The start is known: ask both services at once.
-            (result, clf_cached), (chain, gen_cached) = await asyncio.gather(classify(s, up, _bool(explain, explain_q)), progress(s, up, start))
+            (result, clf_cached), (chain, gen_cached) = await asyncio.gather(
+                classify(s, up, _bool(explain, explain_q), timing), progress(s, up, start, timing))
         result.update(chain)
         result["from_stage"] = STAGES[start]
         result["canonical"] = await up.png()
@@ -371,7 +388,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "progression",
             extra={"from_stage_index": start, "steps": len(result["steps"]), "cached": result["cached"], "model_version": result["model"]["version"]},
         )
-        return JSONResponse(result, headers=NO_STORE)
+        timing.add("total", time.perf_counter() - t0)
+        return JSONResponse(result, headers={**NO_STORE, **timing.as_headers()})
 
     return app
 

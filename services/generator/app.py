@@ -26,8 +26,10 @@ from services.common.app import Lifecycle, build_app, model_readiness, serve
 from services.common.cpu import available_cpus
 from services.common.errors import ERROR_RESPONSES, ServiceError, unavailable
 from services.common.logs import configure_logging
+from services.common.malloc import keep_large_buffers
 from services.common.model_slot import ModelSlot, SlotWatcher
 from services.common.ort import choose_providers, thread_policy
+from services.common.timing import ServerTiming
 from services.common.wire import SHAPE_HEADER, decode_canonical
 from services.generator.model_holder import GeneratorRuntime, make_loader, run_chain
 from services.generator.settings import Settings, get_settings
@@ -58,6 +60,7 @@ class GeneratorState:
             import torch
 
             torch.set_num_threads(threads.solo)  # process-wide: a lone chain gets every core
+            keep_large_buffers()  # activations reused, not re-faulted, on every forward
         self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="progress")
         # Backends are timed in the pool that serves requests (see GeneratorRuntime._time).
         loader = make_loader(settings.backend, providers, threads, timing_pool=self.pool, precision=settings.precision)
@@ -138,7 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def progress(
         request: Request,
         from_stage: str = Query(STAGES[0], description="stage of the input slice: name, slug (nd, vmd, md, mod) or 0-3"),
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         """Synthesise the road ahead: one SYNTHETIC image per transition from ``from_stage`` to Moderate."""
         s = svc(request)
         try:
@@ -153,14 +156,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise unavailable("model_not_loaded", f"{s.slots[src].name} is not loaded yet", retry_after=s.settings.retry_seconds)
             chain.append((s.targets[src], served))
         image, mask = decode_canonical(await request.body(), request.headers.get(SHAPE_HEADER), CANONICAL_SIZE)
-        if mask is None:
-            from alzprog.preprocessing import brain_mask
-
-            mask = brain_mask(image)
+        timing = ServerTiming()
         try:
             async with s.limiter.admit():
+                loop = asyncio.get_running_loop()
+                if mask is None:  # computed here, in the pool, when the caller did not send it
+                    from alzprog.preprocessing import brain_mask
+
+                    with timing.phase("mask"):
+                        mask = await loop.run_in_executor(s.pool, brain_mask, image)
                 t0 = time.perf_counter()
-                steps = await asyncio.get_running_loop().run_in_executor(s.pool, run_chain, chain, image, mask)
+                steps = await loop.run_in_executor(s.pool, run_chain, chain, image, mask, timing)
                 metrics.INFERENCE_LATENCY.labels(SERVICE, "chain").observe(time.perf_counter() - t0)
         except ServiceError as exc:
             if exc.code == "overloaded":
@@ -168,12 +174,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         for _, served in chain:
             metrics.INFERENCES.labels(SERVICE, served.ref.name, served.version).inc()
-        return {
-            "from_stage": STAGES[start],
-            "from_stage_index": start,
-            "steps": steps,
-            "models": [{"name": served.ref.name, "version": served.version} for _, served in chain],
-        }
+        return JSONResponse(
+            {
+                "from_stage": STAGES[start],
+                "from_stage_index": start,
+                "steps": steps,
+                "models": [{"name": served.ref.name, "version": served.version} for _, served in chain],
+            },
+            headers=timing.as_headers(),
+        )
 
     return app
 
