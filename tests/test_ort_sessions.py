@@ -117,6 +117,22 @@ def test_one_slow_outlier_does_not_flip_the_choice(conv_onnx: Path) -> None:
     assert session._lone_choice() == "shared"
 
 
+def test_an_overlapped_run_goes_shared_and_leaves_the_lone_timings_alone(conv_onnx: Path) -> None:
+    """The caller knows another process works beside this run: one thread, and not a lone sample."""
+    session = AdaptiveSession(conv_onnx, ["CPUExecutionProvider"], ThreadPolicy(solo=2, shared=1))
+    name = session.get_inputs()[0].name
+    x = np.zeros((1, 2, 128, 128), np.float32)
+    session.calibrate({name: x}, runs=2)
+    _set_lone(session, 5.0, 20.0)  # solo faster alone: a lone run would take it
+    before, lone = dict(session._runs), {k: list(v) for k, v in session._lone_times.items()}
+    out = session.run(None, {name: x}, overlapped=True)
+    assert np.allclose(out[0], session.solo.run(None, {name: x})[0], atol=1e-5)
+    assert session._runs["shared"] == before["shared"] + 1 and session._runs["solo"] == before["solo"]
+    assert {k: list(v) for k, v in session._lone_times.items()} == lone
+    session.run(None, {name: x})  # a plain lone run still takes solo
+    assert session._runs["solo"] == before["solo"] + 1
+
+
 def test_fixed_threads_or_a_gpu_provider_list_give_one_plain_session(conv_onnx: Path) -> None:
     assert not isinstance(make_session(conv_onnx, ["CPUExecutionProvider"], ThreadPolicy(2, 2)), AdaptiveSession)
     assert not isinstance(make_session(conv_onnx, ["CPUExecutionProvider"], 1), AdaptiveSession)

@@ -186,6 +186,27 @@ def test_progression_from_non_demented_returns_three_synthetic_steps(make_gatewa
     assert not any(k.startswith(("generator-", "classifier-")) for k in server_timing(again))  # nothing computed
 
 
+def test_idle_gateway_guesses_the_start_stage_and_a_wrong_guess_still_answers_right(make_gateway, sample_bytes, backends, key_prefix):
+    """/progression without from_stage: the chain from the guessed stage runs beside the
+    classifier. Right guess: that chain is the answer (one generator call). Wrong guess: the
+    answer is the chain from the predicted stage (a second call), and the guessed chain is
+    cached, not lost."""
+    stage = make_gateway().post("/predict", files={"file": ("a.jpg", sample_bytes)}).json()["stage_index"]
+    wrong = (stage + 1) % 3
+    for guess in ([stage] if stage < 3 else []) + [wrong]:
+        # Its own cache (under the test's prefix, cleaned up with it): each guess starts empty.
+        gw = make_gateway(speculate_from_stage=guess, cache_prefix=f"{key_prefix.rstrip(':')}:spec{guess}")
+        calls = progress_count(backends["generator"].url)
+        r = gw.post("/progression", files={"file": ("a.jpg", sample_bytes)})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["stage_index"] == stage and out["from_stage"] == STAGES[stage] and out["cached"] is False
+        assert [st["stage"] for st in out["steps"]] == list(STAGES[stage + 1:])
+        assert progress_count(backends["generator"].url) - calls == (1 if guess == stage else 2)
+        guessed = gw.post("/progression", files={"file": ("b.jpg", sample_bytes)}, data={"from_stage": str(guess)})
+        assert guessed.json()["cached"] is True  # the guessed chain was kept either way
+
+
 def test_identical_concurrent_uploads_are_computed_once(make_gateway, backends):
     gw = make_gateway(redis_url="")  # no cache: only single-flight can dedupe
     rng = np.random.default_rng(11)

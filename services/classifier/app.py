@@ -31,7 +31,7 @@ from services.common.logs import configure_logging
 from services.common.model_slot import ModelSlot, SlotWatcher
 from services.common.ort import choose_providers, thread_policy
 from services.common.timing import ServerTiming
-from services.common.wire import SHAPE_HEADER, decode_canonical
+from services.common.wire import OVERLAP_HEADER, SHAPE_HEADER, decode_canonical
 
 SERVICE = "classifier"
 log = logging.getLogger("classifier")
@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/v1/classify", openapi_extra=CANONICAL_BODY, responses={k: ERROR_RESPONSES[k] for k in (400, 413, 503)})
     async def classify(request: Request, explain: bool = Query(False, description="add a Grad-CAM overlay")) -> JSONResponse:
         """Stage probabilities (temperature-calibrated) of one canonical slice."""
+        t_start = time.perf_counter()
         s = svc(request)
         served = s.slot.current  # one reference for the whole request: swaps never mix versions
         if served is None:
@@ -151,7 +152,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if s.batcher is not None and not explain:
                     result = await s.batcher.submit(runtime, image)
                 else:
-                    result = await loop.run_in_executor(s.pool, runtime.predict, image)
+                    overlapped = request.headers.get(OVERLAP_HEADER) == "1"
+                    result = await loop.run_in_executor(s.pool, runtime.predict, image, overlapped)
                 if explain:
                     result["explain"] = await loop.run_in_executor(s.pool, runtime.explain, image, mask, result["stage_index"])
                 elapsed = time.perf_counter() - t0
@@ -164,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.INFERENCES.labels(SERVICE, served.ref.name, served.version).inc()
         result["model"] = {"name": served.ref.name, "version": served.version}
         result.setdefault("explain", None)
+        timing.add("total", time.perf_counter() - t_start)
         return JSONResponse(result, headers=timing.as_headers())
 
     return app

@@ -19,7 +19,7 @@ from alzprog.artifacts import ONNX_FILE
 from alzprog.constants import STAGES
 
 from services.common.model_slot import ModelRef
-from services.common.ort import ThreadPolicy, make_session
+from services.common.ort import AdaptiveSession, ThreadPolicy, make_session
 
 log = logging.getLogger("classifier.model")
 
@@ -80,19 +80,20 @@ class ClassifierRuntime:
                 self._torch_model = load_artifact(self.ref.local_dir).model.eval()
             return self._torch_model
 
-    def logits(self, image: np.ndarray) -> np.ndarray:
-        """Raw logits (4,) for one canonical uint8 image."""
+    def logits(self, image: np.ndarray, overlapped: bool = False) -> np.ndarray:
+        """Raw logits (4,) for one canonical uint8 image (``overlapped``: see ``AdaptiveSession.run``)."""
         x = self._input(image)
         if self.session is not None:
-            return np.asarray(self.session.run(None, {self.input_name: x})[0][0], dtype=np.float64)
+            hint = {"overlapped": True} if overlapped and isinstance(self.session, AdaptiveSession) else {}
+            return np.asarray(self.session.run(None, {self.input_name: x}, **hint)[0][0], dtype=np.float64)
         import torch
 
         with torch.inference_mode():
             return self._torch()(torch.from_numpy(x)).double().numpy()[0]
 
-    def predict(self, image: np.ndarray) -> dict[str, Any]:
+    def predict(self, image: np.ndarray, overlapped: bool = False) -> dict[str, Any]:
         """Calibrated probabilities (softmax of logits / temperature), stage and confidence."""
-        return self._result(softmax(self.logits(image) / self.temperature))
+        return self._result(softmax(self.logits(image, overlapped) / self.temperature))
 
     def predict_batch(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
         """``predict`` for several images in one forward pass (dynamic batching)."""

@@ -134,12 +134,15 @@ class AdaptiveSession:
                 self._lone_times[kind].append((time.perf_counter() - t0) * 1000)
         return self.lone_ms
 
-    def run(self, output_names: list[str] | None, feeds: dict[str, Any]) -> list[Any]:
+    def run(self, output_names: list[str] | None, feeds: dict[str, Any], *, overlapped: bool = False) -> list[Any]:
+        """Run on the session this moment calls for. ``overlapped``: the caller knows other
+        model work shares the machine now (another process, which this session cannot see):
+        one thread, and the run is not timed as a lone one."""
         with self._lock:
             self._active += 1
             self._starts += 1
             started = self._starts
-            alone = self._active == 1
+            alone = self._active == 1 and not overlapped
             if alone:
                 self._lone += 1
                 kind = self._lone_choice()

@@ -30,7 +30,7 @@ from services.common.errors import ERROR_RESPONSES, ServiceError
 from services.common.logs import configure_logging
 from services.common.timing import HEADER as TIMING_HEADER
 from services.common.timing import ServerTiming
-from services.common.wire import encode_canonical
+from services.common.wire import OVERLAP_HEADER, encode_canonical
 from services.gateway.admission import InFlight, InFlightLimitMiddleware
 from services.gateway.auth import ApiKeyMiddleware
 from services.gateway.cache import ResultCache, SingleFlight
@@ -134,6 +134,12 @@ def _warm_up() -> None:
     png_data_url(pixels.image)
 
 
+def _retrieve(task: "asyncio.Future[Any]") -> None:
+    """Done-callback of a speculative chain nobody awaits: its result is cached, its error logged."""
+    if not task.cancelled() and task.exception() is not None:
+        log.info("speculative chain failed", extra={"error": type(task.exception()).__name__})
+
+
 def _bool(*values: bool | None) -> bool:
     return any(bool(v) for v in values if v is not None)
 
@@ -212,8 +218,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if token is not None:
                 await s.cache.release(lookup, token)
 
-    async def classify(s: GatewayState, up: Upload, explain: bool, timing: ServerTiming) -> tuple[dict[str, Any], bool]:
-        """The classifier's answer for ``up``: from the cache, a concurrent twin, or the backend."""
+    async def classify(s: GatewayState, up: Upload, explain: bool, timing: ServerTiming,
+                       overlapped: bool = False) -> tuple[dict[str, Any], bool]:
+        """The classifier's answer for ``up``: from the cache, a concurrent twin, or the backend.
+
+        ``overlapped``: a generator chain runs beside it; the classifier is told, so it uses its
+        one-thread session and keeps its lone-run timings for requests that really are alone."""
         sha = up.sha256 or await up.resolve()
         versions = await s.classifier_versions.versions()
         options = "explain" if explain else ""
@@ -223,6 +233,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async def call() -> dict[str, Any]:
             # No mask: the classifier needs one only for Grad-CAM and computes the same itself.
             body, headers = encode_canonical(await up.pixels())
+            if overlapped:
+                headers[OVERLAP_HEADER] = "1"
             resp = await s.classifier.call(
                 "POST", "/v1/classify", deadline_s=settings.classify_deadline_s, content=body, headers=headers, params={"explain": str(explain).lower()}
             )
@@ -370,7 +382,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # A new upload (no record): its chain is most likely not cached either, so the
             # generator will need the brain mask; compute it while the classifier works.
             up.start_mask()
-        if start is None:
+        if start is None and settings.speculate_from_stage >= 0 and in_flight.total == 1:
+            # Alone on this gateway: guess the start stage and run the chain while the classifier
+            # works (both models then share the cores: 90-96 ms instead of 113-121 ms for a Non
+            # Demented slice, docs/performance.md). Under load a wrong guess would take cores
+            # from others, so only an idle gateway guesses.
+            guess = settings.speculate_from_stage
+            speculative = asyncio.ensure_future(progress(s, up, guess, timing))
+            try:
+                with timing.phase("classify"):
+                    result, clf_cached = await classify(s, up, _bool(explain, explain_q), timing, overlapped=True)
+            except BaseException:
+                speculative.add_done_callback(_retrieve)  # it finishes and is cached; nobody waits
+                raise
+            start = result["stage_index"]
+            if start == guess:
+                with timing.phase("progress"):
+                    chain, gen_cached = await speculative
+            else:
+                speculative.add_done_callback(_retrieve)
+                log.info("speculation missed", extra={"guess": guess, "stage_index": start})
+                with timing.phase("progress"):
+                    chain, gen_cached = await progress(s, up, start, timing)
+        elif start is None:
             with timing.phase("classify"):
                 result, clf_cached = await classify(s, up, _bool(explain, explain_q), timing)
             start = result["stage_index"]
@@ -379,7 +413,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             # The start is known: ask both services at once.
             (result, clf_cached), (chain, gen_cached) = await asyncio.gather(
-                classify(s, up, _bool(explain, explain_q), timing), progress(s, up, start, timing))
+                classify(s, up, _bool(explain, explain_q), timing, overlapped=True), progress(s, up, start, timing))
         result.update(chain)
         result["from_stage"] = STAGES[start]
         result["canonical"] = await up.png()

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     classify_deadline_s: float = Field(15.0, gt=0, description="total deadline of a classifier call, retries included")
     progress_deadline_s: float = Field(60.0, gt=0, description="total deadline of a generator call, retries included")
     info_deadline_s: float = Field(1.0, gt=0)
+    speculate_from_stage: int = Field(
+        0, ge=-1, le=2,
+        description="/progression without from_stage on an otherwise idle gateway: start the chain from this stage "
+        "while the classifier works (0 = Non Demented: 266 of the 347 OASIS-1 subjects); a wrong guess is cached and the right "
+        "chain follows. -1 = off",
+    )
     retries: int = Field(2, ge=0, le=5, description="extra attempts after a connection failure")
     backoff_base_s: float = Field(0.05, ge=0)
     breaker_failures: int = Field(3, ge=1, description="consecutive failures that open a backend's circuit")

@@ -143,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from_stage: str = Query(STAGES[0], description="stage of the input slice: name, slug (nd, vmd, md, mod) or 0-3"),
     ) -> JSONResponse:
         """Synthesise the road ahead: one SYNTHETIC image per transition from ``from_stage`` to Moderate."""
+        t_start = time.perf_counter()
         s = svc(request)
         try:
             start = stage_index(from_stage)
@@ -174,6 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         for _, served in chain:
             metrics.INFERENCES.labels(SERVICE, served.ref.name, served.version).inc()
+        timing.add("total", time.perf_counter() - t_start)
         return JSONResponse(
             {
                 "from_stage": STAGES[start],

@@ -20,6 +20,7 @@ with no bone between, and the mask runs into the face: Dice median 0.78 there). 
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -435,7 +436,9 @@ def mark_synthetic(image: np.ndarray) -> np.ndarray:
     """Return an RGB uint8 copy with a visible "SYNTHETIC" banner burnt into the pixels.
 
     Every generated image shown to a person carries it, so a synthetic slice cannot be
-    mistaken for a scan. The banner spans most of the width whatever the image size.
+    mistaken for a scan. The banner spans most of the width whatever the image size: yellow
+    text on an opaque black box at the top. The box hides the pixels under it, so the banner
+    is drawn once per image size (:func:`_banner`) and pasted.
     """
     a = np.asarray(image)
     if a.ndim == 2:
@@ -444,14 +447,24 @@ def mark_synthetic(image: np.ndarray) -> np.ndarray:
         rgb = np.ascontiguousarray(a[..., :3]).astype(np.uint8)
     else:
         raise ValueError(f"expected HxW or HxWx3 pixels, got shape {a.shape}")
-    pil = Image.fromarray(rgb, mode="RGB")
-    w, h = pil.size
+    h, w = rgb.shape[:2]
+    box, pixels = _banner(w, h)
+    top, bottom, left, right = box
+    rgb[top:bottom, left:right] = pixels
+    return rgb
+
+
+@lru_cache(maxsize=8)
+def _banner(w: int, h: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """The banner of a ``w`` x ``h`` image: its box (top, bottom, left, right) inside the image
+    and its RGB pixels there (read-only)."""
     text = "SYNTHETIC"
     # Pick the font size that makes the word about 60 % of the image width.
     font_size = max(8, int(w * 0.6 / 6.0))
     font = ImageFont.load_default(size=font_size)
     stroke = max(1, font_size // 14)  # thicker strokes: readable when shrunk in a browser
-    draw = ImageDraw.Draw(pil)
+    canvas = Image.new("RGB", (w, h), (0, 0, 0))
+    draw = ImageDraw.Draw(canvas)
     l, t_, r, b = draw.textbbox((0, 0), text, font=font, stroke_width=stroke)
     tw, th = r - l, b - t_
     pad = max(2, font_size // 6)
@@ -459,8 +472,12 @@ def mark_synthetic(image: np.ndarray) -> np.ndarray:
     y = pad
     draw.rectangle([x - pad, y - pad, x + tw + pad, y + th + pad], fill=(0, 0, 0))
     draw.text((x - l, y - t_), text, font=font, fill=(255, 210, 0), stroke_width=stroke, stroke_fill=(255, 210, 0))
-    return np.asarray(pil, dtype=np.uint8).copy()
-
+    # PIL's rectangle includes both corners; clip the box to the image.
+    top, bottom = max(0, y - pad), min(h, y + th + pad + 1)
+    left, right = max(0, x - pad), min(w, x + tw + pad + 1)
+    pixels = np.asarray(canvas, dtype=np.uint8)[top:bottom, left:right].copy()
+    pixels.flags.writeable = False
+    return (top, bottom, left, right), pixels
 
 
 def overlay_mask(gray: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (255, 60, 60)) -> np.ndarray:

@@ -6,8 +6,9 @@ brain pixels changed, so its canonical SHA-256 differs) and the answer must say
 The cache is the real Redis (DB 11 by default) under a key prefix unique to the run; the
 bench deletes its own keys afterwards and never flushes a database.
 
-``/progression`` (classify, then the three generator steps, through the gateway, every upload
-new) is compared with :class:`~alzprog.bench.original_pipeline.OriginalPipeline` run in this
+``/progression`` (classify and the three generator steps, through the gateway, every upload
+new; an idle gateway starts the chain from its guess, Non Demented, beside the classifier)
+is compared with :class:`~alzprog.bench.original_pipeline.OriginalPipeline` run in this
 process on the same uploads.
 """
 
@@ -130,9 +131,9 @@ def run(stack: BenchStack, *, quick: bool = False, repeats: int = 30) -> tuple[l
     warm = 1 if quick else 3
     upload = sample_upload()
     n_pool = warm + max(n_miss, n_prog)
-    uploads = unique_uploads(upload, 3 * n_pool + 1)
-    # Three disjoint pools: an upload used once is cached, so each miss series needs its own.
-    miss_pool, prog_pool, prog2_pool = (uploads[k * n_pool:(k + 1) * n_pool] for k in range(3))
+    uploads = unique_uploads(upload, 5 * n_pool + 1)
+    # Disjoint pools: an upload used once is cached, so each miss series needs its own.
+    miss_pool, prog_pool, prog2_pool, prog3_pool, prog4_pool = (uploads[k * n_pool:(k + 1) * n_pool] for k in range(5))
     rows: list[Measurement] = []
     try:
         # /predict miss: request i (warm-up ones negative) gets its own upload.
@@ -149,7 +150,8 @@ def run(stack: BenchStack, *, quick: bool = False, repeats: int = 30) -> tuple[l
         stats = run_load(gw, lambda i: upload_request("/progression", prog_pool[i + warm if i >= 0 else -i - 1]),
                          concurrency=1, n_requests=n_prog, warmup=warm, check=_cached_is(False, steps=3))
         rows.append(measurement("gateway", "/progression c1", "alzprog gateway", stats, unit="request",
-                                baseline="original eager pipeline", note="classify, then 3 generator steps; cache miss"))
+                                baseline="original eager pipeline",
+                                note="idle gateway: chain from Non Demented (its guess) beside the classifier; cache miss"))
         if not quick:
             # The same with the start stage given: the gateway then classifies and generates at once.
             stats = run_load(gw, lambda i: upload_request("/progression", prog2_pool[i + warm if i >= 0 else -i - 1],
@@ -158,6 +160,21 @@ def run(stack: BenchStack, *, quick: bool = False, repeats: int = 30) -> tuple[l
             rows.append(measurement("gateway", "/progression c1", "alzprog gateway, from_stage given", stats,
                                     unit="request", baseline="original eager pipeline",
                                     note="classify and 3 generator steps in parallel; cache miss"))
+            # The gateway guesses the start stage when idle (GATEWAY_SPECULATE_FROM_STAGE, default
+            # Non Demented): the same requests with the guess off, and with a wrong guess.
+            for variant, guess, pool in (("alzprog gateway, no speculation", "-1", prog3_pool),
+                                         ("alzprog gateway, wrong guess (Very mild)", "1", prog4_pool)):
+                other = stack.start_gateway(url, prefix, name=f"gateway-spec{guess}",
+                                            extra_env={"GATEWAY_SPECULATE_FROM_STAGE": guess})
+                try:
+                    stats = run_load(other.url, lambda i, pool=pool: upload_request("/progression", pool[i + warm if i >= 0 else -i - 1]),
+                                     concurrency=1, n_requests=n_prog, warmup=warm, check=_cached_is(False, steps=3))
+                finally:
+                    stack.stop(other.name)
+                rows.append(measurement("gateway", "/progression c1", variant, stats, unit="request",
+                                        baseline="original eager pipeline",
+                                        note="classify, then 3 generator steps" if guess == "-1" else
+                                        "chain from Very mild started beside the classifier, then the right one from Non Demented"))
             # Where the time goes: the generator chain alone, straight to the generator service.
             gen_spec = _generator_request(upload)
             stats = run_load(stack.procs["generator"].url, lambda i: gen_spec, concurrency=1, n_requests=n_prog,
