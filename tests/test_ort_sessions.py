@@ -136,3 +136,23 @@ def test_an_overlapped_run_goes_shared_and_leaves_the_lone_timings_alone(conv_on
 def test_fixed_threads_or_a_gpu_provider_list_give_one_plain_session(conv_onnx: Path) -> None:
     assert not isinstance(make_session(conv_onnx, ["CPUExecutionProvider"], ThreadPolicy(2, 2)), AdaptiveSession)
     assert not isinstance(make_session(conv_onnx, ["CPUExecutionProvider"], 1), AdaptiveSession)
+
+
+def test_torch_threads_follow_the_adaptive_policy() -> None:
+    """Eager PyTorch's process-wide thread count: all CPUs for a lone chain, the shared count
+    while chains overlap or the caller says other work shares the machine, back after."""
+    from services.common.ort import TorchThreads
+
+    before = torch.get_num_threads()
+    threads = TorchThreads(ThreadPolicy(solo=2, shared=1))
+    try:
+        with threads.run():
+            assert torch.get_num_threads() == 2
+            with threads.run():  # a second chain starts: both on one thread
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 2  # alone again
+        with threads.run(overlapped=True):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2  # idle: ready for a lone chain
+    finally:
+        torch.set_num_threads(before)

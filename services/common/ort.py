@@ -17,6 +17,8 @@ import statistics
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,43 @@ class ThreadPolicy:
 
     def describe(self) -> str:
         return f"{self.solo} alone, {self.shared} when overlapping" if self.adaptive else str(self.solo)
+
+
+class TorchThreads:
+    """The adaptive policy of :class:`AdaptiveSession` for eager PyTorch, whose intra-op thread
+    count is one process-wide setting: a chain that runs alone gets ``solo`` threads; while two
+    overlap, or when the caller says other model work shares the machine (``overlapped``),
+    every forward runs on ``shared``. Two 2-thread OpenMP teams on two cores wait on each
+    other's preempted threads at every barrier; one thread each does not."""
+
+    def __init__(self, policy: ThreadPolicy) -> None:
+        self.policy = policy
+        self._lock = threading.Lock()
+        self._active = 0
+        self._overlapped = 0
+        self._current: int | None = None
+
+    def _apply(self) -> None:  # under the lock
+        import torch
+
+        n = self.policy.solo if self._active <= 1 and self._overlapped == 0 else self.policy.shared
+        if n != self._current:
+            torch.set_num_threads(n)
+            self._current = n
+
+    @contextmanager
+    def run(self, overlapped: bool = False) -> Iterator[None]:
+        with self._lock:
+            self._active += 1
+            self._overlapped += overlapped
+            self._apply()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                self._overlapped -= overlapped
+                self._apply()
 
 
 def thread_policy(setting: int, concurrency: int) -> ThreadPolicy:

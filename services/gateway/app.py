@@ -256,8 +256,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         result, cached = await s.flights.run(flight_key, lambda: cached_or_computed(s, lookup, PREDICT_FIELDS, call))
         return dict(result), cached
 
-    async def progress(s: GatewayState, up: Upload, start: int, timing: ServerTiming) -> tuple[dict[str, Any], bool]:
-        """The generator chain from stage ``start``: cache, concurrent twin, or the backend."""
+    async def progress(s: GatewayState, up: Upload, start: int, timing: ServerTiming,
+                       overlapped: bool = False) -> tuple[dict[str, Any], bool]:
+        """The generator chain from stage ``start``: cache, concurrent twin, or the backend
+        (``overlapped``: the classifier runs beside it; the generator is told, as in :func:`classify`)."""
         sha = up.sha256 or await up.resolve()
         needed = [progression_model_name(slug) for slug, src, _ in TRANSITIONS if src >= start]
         versions = await s.generator_versions.versions()
@@ -269,6 +271,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             with timing.phase("mask"):  # usually started earlier: only the wait shows
                 mask = await up.mask()
             body, headers = encode_canonical(await up.pixels(), mask)
+            if overlapped:
+                headers[OVERLAP_HEADER] = "1"
             resp = await s.generator.call(
                 "POST", "/v1/progress", deadline_s=settings.progress_deadline_s, content=body, headers=headers, params={"from_stage": str(start)}
             )
@@ -388,7 +392,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Demented slice, docs/performance.md). Under load a wrong guess would take cores
             # from others, so only an idle gateway guesses.
             guess = settings.speculate_from_stage
-            speculative = asyncio.ensure_future(progress(s, up, guess, timing))
+            speculative = asyncio.ensure_future(progress(s, up, guess, timing, overlapped=True))
             try:
                 with timing.phase("classify"):
                     result, clf_cached = await classify(s, up, _bool(explain, explain_q), timing, overlapped=True)
@@ -413,7 +417,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             # The start is known: ask both services at once.
             (result, clf_cached), (chain, gen_cached) = await asyncio.gather(
-                classify(s, up, _bool(explain, explain_q), timing, overlapped=True), progress(s, up, start, timing))
+                classify(s, up, _bool(explain, explain_q), timing, overlapped=True),
+                progress(s, up, start, timing, overlapped=True))
         result.update(chain)
         result["from_stage"] = STAGES[start]
         result["canonical"] = await up.png()

@@ -12,6 +12,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
@@ -28,9 +29,9 @@ from services.common.errors import ERROR_RESPONSES, ServiceError, unavailable
 from services.common.logs import configure_logging
 from services.common.malloc import keep_large_buffers
 from services.common.model_slot import ModelSlot, SlotWatcher
-from services.common.ort import choose_providers, thread_policy
+from services.common.ort import TorchThreads, choose_providers, thread_policy
 from services.common.timing import ServerTiming
-from services.common.wire import SHAPE_HEADER, decode_canonical
+from services.common.wire import OVERLAP_HEADER, SHAPE_HEADER, decode_canonical
 from services.generator.model_holder import GeneratorRuntime, make_loader, run_chain
 from services.generator.settings import Settings, get_settings
 
@@ -61,6 +62,8 @@ class GeneratorState:
 
             torch.set_num_threads(threads.solo)  # process-wide: a lone chain gets every core
             keep_large_buffers()  # activations reused, not re-faulted, on every forward
+        # Overlapping chains (or a caller's overlap hint) put eager PyTorch on the shared count.
+        self.torch_threads = TorchThreads(threads) if settings.backend != "onnxruntime" and threads.adaptive else None
         self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="progress")
         # Backends are timed in the pool that serves requests (see GeneratorRuntime._time).
         loader = make_loader(settings.backend, providers, threads, timing_pool=self.pool, precision=settings.precision)
@@ -167,7 +170,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     with timing.phase("mask"):
                         mask = await loop.run_in_executor(s.pool, brain_mask, image)
                 t0 = time.perf_counter()
-                steps = await loop.run_in_executor(s.pool, run_chain, chain, image, mask, timing)
+                overlapped = request.headers.get(OVERLAP_HEADER) == "1"
+                steps = await loop.run_in_executor(
+                    s.pool, partial(run_chain, chain, image, mask, timing, overlapped=overlapped, torch_threads=s.torch_threads))
                 metrics.INFERENCE_LATENCY.labels(SERVICE, "chain").observe(time.perf_counter() - t0)
         except ServiceError as exc:
             if exc.code == "overloaded":

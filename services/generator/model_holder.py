@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import nullcontext
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -25,7 +26,7 @@ from alzprog.artifacts import ONNX_FILE
 from alzprog.constants import STAGES
 
 from services.common.model_slot import ModelRef, Served
-from services.common.ort import ThreadPolicy, make_session
+from services.common.ort import AdaptiveSession, ThreadPolicy, TorchThreads, make_session
 from services.common.timing import ServerTiming
 
 log = logging.getLogger("generator.model")
@@ -137,10 +138,11 @@ class GeneratorRuntime:
         m = mask.astype(np.float32)[None]
         return np.concatenate([x, m], axis=0)[None]  # (1, 2, H, W): the export's input layout
 
-    def _run_ort(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _run_ort(self, image: np.ndarray, mask: np.ndarray, overlapped: bool = False) -> np.ndarray:
         from alzprog.preprocessing import generator_output_to_uint8
 
-        out = self.session.run(None, {self.input_name: self._stacked(image, mask)})[0]
+        hint = {"overlapped": True} if overlapped and isinstance(self.session, AdaptiveSession) else {}
+        out = self.session.run(None, {self.input_name: self._stacked(image, mask)}, **hint)[0]
         return generator_output_to_uint8(_as_tensor(out[0]))
 
     def _run_torch(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -159,9 +161,11 @@ class GeneratorRuntime:
         with autocast_bf16():
             return self._run_torch(image, mask)
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray, mask: np.ndarray, overlapped: bool = False) -> np.ndarray:
+        """One transition. ``overlapped``: other model work shares the machine (ORT: its one-thread
+        session; eager PyTorch takes its threads from the chain's :class:`TorchThreads`)."""
         if self.backend == "onnxruntime":
-            return self._run_ort(image, mask)
+            return self._run_ort(image, mask, overlapped)
         if self.backend == "torch-bf16":
             return self._run_torch_bf16(image, mask)
         return self._run_torch(image, mask)
@@ -198,7 +202,7 @@ def png_data_url(image: np.ndarray) -> str:
 
 def run_chain(
     chain: list[tuple[int, Served[GeneratorRuntime]]], image: np.ndarray, mask: np.ndarray,
-    timing: ServerTiming | None = None,
+    timing: ServerTiming | None = None, *, overlapped: bool = False, torch_threads: TorchThreads | None = None,
 ) -> list[dict[str, Any]]:
     """Apply the transition generators in order; each step feeds the next (same brain mask).
 
@@ -208,14 +212,17 @@ def run_chain(
     encoding starts in the encode pool as soon as its forward ends, beside the next forward
     (Pillow's encoder releases the GIL), so only the last step's encoding waits at the end.
     ``timing`` gets ``forward`` (all forwards) and ``png`` (the wait for the encodings after).
+    ``overlapped`` (the caller runs other model work beside this chain) and ``torch_threads``
+    (the process's eager-PyTorch thread policy) set the threads per forward.
     """
     t0 = time.perf_counter()
     pool = _encode_pool()
     encodings = []
     current = image
-    for _, served in chain:
-        current = served.model(current, mask)
-        encodings.append(pool.submit(_synthetic_data_url, current))
+    with torch_threads.run(overlapped) if torch_threads is not None else nullcontext():
+        for _, served in chain:
+            current = served.model(current, mask, overlapped)
+            encodings.append(pool.submit(_synthetic_data_url, current))
     t1 = time.perf_counter()
     images = [f.result() for f in encodings]
     if timing is not None:
