@@ -109,6 +109,22 @@ def time_callable(
     out["n"] = len(latencies)
     out["throughput"] = len(latencies) * items_per_call / total if total > 0 else float("nan")
     out["load1"] = (load_before + load_average()) / 2.0
+    out["latencies_s"] = latencies
+    out["busy_s"] = total
+    return out
+
+
+def merge_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary of several timed series of the same thing (rounds interleaved with another
+    series): latencies pooled, ``n`` and ``errors`` summed, throughput over the summed time."""
+    latencies = [x for part in parts for x in part["latencies_s"]]
+    busy = sum(float(part.get("wall_s", part.get("busy_s", 0.0))) for part in parts)
+    out: dict[str, Any] = summarize(latencies)
+    out["n"] = len(latencies)
+    out["errors"] = sum(int(part.get("errors", 0)) for part in parts)
+    out["throughput"] = len(latencies) / busy if busy > 0 else float("nan")
+    out["load1"] = float(np.mean([part["load1"] for part in parts]))
+    out["latencies_s"] = latencies
     return out
 
 

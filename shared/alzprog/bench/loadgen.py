@@ -76,6 +76,7 @@ async def _run(
     out["throughput"] = len(latencies) / wall if wall > 0 else float("nan")
     out["wall_s"] = wall
     out["load1"] = (load_before + load_average()) / 2.0
+    out["latencies_s"] = latencies
     return out
 
 
