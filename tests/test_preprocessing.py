@@ -304,6 +304,28 @@ def test_mark_synthetic_is_visible(shape):
     assert mark_synthetic(rgb)[-1, -1].tolist() == [90, 90, 90]
 
 
+@pytest.mark.parametrize("shape", [(256, 256), (100, 60), (20, 20), (512, 300)])
+def test_pasted_banner_equals_drawing_it_on_the_image(shape):
+    """The banner is drawn once per size and pasted; drawing it on each image, as PIL would
+    (black box, yellow stroked text), must give the same pixels, also where the box is clipped."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    h, w = shape
+    pil = Image.fromarray(np.stack([img] * 3, axis=-1), mode="RGB")
+    font_size = max(8, int(w * 0.6 / 6.0))
+    font = ImageFont.load_default(size=font_size)
+    stroke = max(1, font_size // 14)
+    draw = ImageDraw.Draw(pil)
+    l, t_, r, b = draw.textbbox((0, 0), "SYNTHETIC", font=font, stroke_width=stroke)
+    pad = max(2, font_size // 6)
+    x, y = (w - (r - l)) // 2, pad
+    draw.rectangle([x - pad, y - pad, x + (r - l) + pad, y + (b - t_) + pad], fill=(0, 0, 0))
+    draw.text((x - l, y - t_), "SYNTHETIC", font=font, fill=(255, 210, 0), stroke_width=stroke, stroke_fill=(255, 210, 0))
+    assert np.array_equal(mark_synthetic(img), np.asarray(pil))
+    assert np.array_equal(mark_synthetic(img), mark_synthetic(img.copy()))  # the cached banner is not altered
+
+
 def test_overlay_mask():
     img = fx.head_phantom()
     m = brain_mask(img)
