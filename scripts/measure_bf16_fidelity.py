@@ -27,23 +27,8 @@ import torch
 
 from alzprog.artifacts import load_artifact
 from alzprog.evaluation.image_metrics import pixel_metrics
-from alzprog.precision import autocast_bf16, compare_outputs, cpu_bf16_native, probe_slices
-from alzprog.preprocessing import generator_input, generator_output_to_uint8, load_canonical
-
-
-def runner(model: torch.nn.Module, bf16: bool):  # noqa: ANN201
-    def run(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        x = torch.cat([generator_input(image), torch.from_numpy(mask.astype(np.float32))[None]])[None]
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            if bf16:
-                with autocast_bf16():
-                    out = model(x)
-            else:
-                out = model(x)
-        return generator_output_to_uint8(out[0])
-
-    return run
+from alzprog.precision import compare_outputs, cpu_bf16_native, generator_runner, probe_slices
+from alzprog.preprocessing import load_canonical
 
 
 def median_ms(fn, image: np.ndarray, mask: np.ndarray, n: int = 10) -> float:  # noqa: ANN001
@@ -58,7 +43,7 @@ def median_ms(fn, image: np.ndarray, mask: np.ndarray, n: int = 10) -> float:  #
 
 
 def measure(model: torch.nn.Module, slices: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    fp32, bf16 = runner(model, False), runner(model, True)
+    fp32, bf16 = generator_runner(model, False), generator_runner(model, True)
     ref = [fp32(i, m) for i, m in slices]
     low = [bf16(i, m) for i, m in slices]
     masks = [m for _, m in slices]

@@ -8,20 +8,7 @@ import torch
 from service_helpers import make_precision_sensitive, tiny_generator_artifact
 
 from alzprog.artifacts import load_artifact
-from alzprog.precision import BF16_TOLERANCE, autocast_bf16, bf16_fidelity, compare_outputs, cpu_bf16_native, probe_slices
-from alzprog.preprocessing import generator_input, generator_output_to_uint8
-
-
-def runner(model: torch.nn.Module, bf16: bool):
-    def run(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        x = torch.cat([generator_input(image), torch.from_numpy(mask.astype(np.float32))[None]])[None]
-        with torch.inference_mode():
-            if bf16:
-                with autocast_bf16():
-                    return generator_output_to_uint8(model(x)[0])
-            return generator_output_to_uint8(model(x)[0])
-
-    return run
+from alzprog.precision import BF16_TOLERANCE, bf16_fidelity, compare_outputs, cpu_bf16_native, generator_runner, probe_slices
 
 
 def test_probes_are_deterministic_brain_like_slices():
@@ -57,10 +44,10 @@ def test_compare_outputs_measures_grey_levels_inside_the_mask_only():
 
 def test_bf16_of_a_perturbed_generator_is_close_to_fp32(tmp_path):
     model = load_artifact(tiny_generator_artifact(tmp_path / "g", seed=3)).model.eval()
-    fp32 = runner(model, False)
+    fp32 = generator_runner(model, False)
     probe, mask = probe_slices()[0]
     assert not np.array_equal(fp32(probe, mask), probe)  # the weights do change the slice
-    fid = bf16_fidelity(fp32, runner(model, True))
+    fid = bf16_fidelity(fp32, generator_runner(model, True))
     assert fid.within, fid
     assert fid.mean_abs <= BF16_TOLERANCE["mean_abs"]
 
@@ -69,7 +56,7 @@ def test_a_precision_sensitive_generator_is_refused(tmp_path):
     """A high-gain head: bf16 rounding (0.4 %) becomes visible grey levels."""
     model = load_artifact(tiny_generator_artifact(tmp_path / "g", seed=4)).model.eval()
     make_precision_sensitive(model)
-    fid = bf16_fidelity(runner(model, False), runner(model, True))
+    fid = bf16_fidelity(generator_runner(model, False), generator_runner(model, True))
     assert not fid.within, fid
     assert fid.mean_abs > BF16_TOLERANCE["mean_abs"]
 

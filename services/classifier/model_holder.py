@@ -19,7 +19,7 @@ from alzprog.artifacts import ONNX_FILE
 from alzprog.constants import STAGES
 
 from services.common.model_slot import ModelRef
-from services.common.ort import AdaptiveSession, ThreadPolicy, make_session
+from services.common.ort import ThreadPolicy, make_session, run_session
 
 log = logging.getLogger("classifier.model")
 
@@ -84,8 +84,7 @@ class ClassifierRuntime:
         """Raw logits (4,) for one canonical uint8 image (``overlapped``: see ``AdaptiveSession.run``)."""
         x = self._input(image)
         if self.session is not None:
-            hint = {"overlapped": True} if overlapped and isinstance(self.session, AdaptiveSession) else {}
-            return np.asarray(self.session.run(None, {self.input_name: x}, **hint)[0][0], dtype=np.float64)
+            return np.asarray(run_session(self.session, {self.input_name: x}, overlapped)[0][0], dtype=np.float64)
         import torch
 
         with torch.inference_mode():

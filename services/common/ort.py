@@ -224,6 +224,14 @@ class AdaptiveSession:
         return self.solo.get_providers()
 
 
+def run_session(session: Any, feeds: dict[str, Any], overlapped: bool = False) -> list[Any]:
+    """``session.run(None, feeds)``, passing the overlap hint where the session takes it
+    (:class:`AdaptiveSession`; a plain ``InferenceSession`` has one thread count anyway)."""
+    if overlapped and isinstance(session, AdaptiveSession):
+        return session.run(None, feeds, overlapped=True)
+    return session.run(None, feeds)
+
+
 def make_session(path: Path, providers: list[str], threads: int | ThreadPolicy):  # noqa: ANN201
     """A session for ``path``: fixed ``threads``, or adaptive for a CPU-only :class:`ThreadPolicy`.
 

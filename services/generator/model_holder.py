@@ -26,7 +26,7 @@ from alzprog.artifacts import ONNX_FILE
 from alzprog.constants import STAGES
 
 from services.common.model_slot import ModelRef, Served
-from services.common.ort import AdaptiveSession, ThreadPolicy, TorchThreads, make_session
+from services.common.ort import ThreadPolicy, TorchThreads, make_session, run_session
 from services.common.timing import ServerTiming
 
 log = logging.getLogger("generator.model")
@@ -141,8 +141,7 @@ class GeneratorRuntime:
     def _run_ort(self, image: np.ndarray, mask: np.ndarray, overlapped: bool = False) -> np.ndarray:
         from alzprog.preprocessing import generator_output_to_uint8
 
-        hint = {"overlapped": True} if overlapped and isinstance(self.session, AdaptiveSession) else {}
-        out = self.session.run(None, {self.input_name: self._stacked(image, mask)}, **hint)[0]
+        out = run_session(self.session, {self.input_name: self._stacked(image, mask)}, overlapped)[0]
         return generator_output_to_uint8(_as_tensor(out[0]))
 
     def _run_torch(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:

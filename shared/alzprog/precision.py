@@ -15,6 +15,7 @@ eager bf16 vs 23 ms ORT for EfficientNet-B4), and its probabilities are the prod
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Callable
@@ -104,3 +105,18 @@ def bf16_fidelity(run_fp32: Callable[[np.ndarray, np.ndarray], np.ndarray],
 def autocast_bf16() -> torch.autocast:
     """The CPU bfloat16 autocast context every bf16 forward runs under."""
     return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def generator_runner(model: torch.nn.Module, bf16: bool) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """uint8 canonical image + brain mask -> the generator's uint8 output, in fp32 or under bf16
+    autocast (channels_last, the serving layout): what :func:`bf16_fidelity` compares."""
+    from alzprog.preprocessing import generator_input, generator_output_to_uint8
+
+    def run(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        x = torch.cat([generator_input(image), torch.from_numpy(mask.astype(np.float32))[None]])[None]
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), (autocast_bf16() if bf16 else contextlib.nullcontext()):
+            out = model(x)
+        return generator_output_to_uint8(out[0])
+
+    return run
