@@ -83,6 +83,13 @@ def _wait_idle(page, timeout_ms: int = 120000) -> None:
     page.wait_for_selector("body[aria-busy='false']", state="attached", timeout=timeout_ms)
 
 
+def _record_api_calls(page) -> list[str]:
+    """The URLs of every request the page sends to the API (filled as they go)."""
+    calls: list[str] = []
+    page.on("request", lambda r: "/api/" in r.url and calls.append(r.url))
+    return calls
+
+
 def _sample(oasis_sample_files: list[Path], stage: str) -> Path:
     # The last slice of the stage: test_stack_integration.py uploads the first one.
     return [p for p in oasis_sample_files if p.parent.name == stage][-1]
@@ -96,15 +103,18 @@ def test_page_uploads_a_real_oasis_slice_and_shows_stage_bars_gradcam_and_strip(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     sample = _sample(oasis_sample_files, "Non Demented")
     context, page, watch = _open(browser, live_stack["frontend"] + "/", DESKTOP)
+    api_calls = _record_api_calls(page)
     try:
-        with page.expect_response(lambda r: "/api/predict" in r.url) as predict_info:
-            with page.expect_response(lambda r: "/api/progression" in r.url, timeout=120000) as prog_info:
-                page.set_input_files("#file-input", str(sample))
-                # The loading state is shown while the API works.
-                page.wait_for_selector("#status:not([hidden])", timeout=10000)
-        predict = predict_info.value.json()
+        with page.expect_response(lambda r: "/api/progression" in r.url, timeout=120000) as prog_info:
+            page.set_input_files("#file-input", str(sample))
+            # The loading state is shown while the API works.
+            page.wait_for_selector("#status:not([hidden])", timeout=10000)
+        assert "explain=true" in prog_info.value.url
         progression = prog_info.value.json()
+        predict = progression  # the one answer carries the classification too
         _wait_idle(page)
+        # One request per upload: the classifier runs once.
+        assert api_calls == [prog_info.value.url], api_calls
 
         # What the page shows is what the real API answered.
         assert predict["model"]["version"] == live_stack["versions"]["alzheimer-stage-classifier"]
@@ -156,15 +166,17 @@ def test_page_on_a_phone_starts_from_non_demented_and_gets_three_synthetic_stage
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     sample = _sample(oasis_sample_files, "Mild Dementia")
     context, page, watch = _open(browser, live_stack["frontend"] + "/", PHONE)
+    api_calls = _record_api_calls(page)
     try:
         page.select_option("#opt-from", "nd")
-        with page.expect_response(lambda r: "/api/predict" in r.url) as predict_info:
-            with page.expect_response(lambda r: "/api/progression" in r.url, timeout=120000) as prog_info:
-                page.set_input_files("#file-input", str(sample))
+        with page.expect_response(lambda r: "/api/progression" in r.url, timeout=120000) as prog_info:
+            page.set_input_files("#file-input", str(sample))
         assert "from_stage=nd" in prog_info.value.url
-        predicted = predict_info.value.json()["stage"]
         progression = prog_info.value.json()
+        predicted = progression["stage"]
         _wait_idle(page)
+        assert api_calls == [prog_info.value.url], api_calls
+        assert page.inner_text("#stage-name") == predicted
         assert progression["from_stage"] == "Non Demented"
         assert [s["stage"] for s in progression["steps"]] == ["Very mild Dementia", "Mild Dementia", "Moderate Dementia"]
         assert page.locator("#strip .is-synthetic").count() == 3
@@ -188,7 +200,7 @@ def test_page_shows_the_api_error_for_a_file_that_is_not_an_image(live_stack, br
     fake.write_bytes(b"this is a text file renamed .png, not an image\n" * 20)
     context, page, watch = _open(browser, live_stack["frontend"] + "/", DESKTOP)
     try:
-        with page.expect_response(lambda r: "/api/predict" in r.url) as info:
+        with page.expect_response(lambda r: "/api/progression" in r.url) as info:
             page.set_input_files("#file-input", str(fake))
         resp = info.value
         assert 400 <= resp.status < 500
@@ -277,7 +289,7 @@ def test_page_says_the_api_is_down_and_when_to_retry(browser, oasis_sample_files
         wait_http(fe.url + "/livez", timeout=60, proc=proc)
         context, page, _ = _open(browser, fe.url + "/", PHONE)
         try:
-            with page.expect_response(lambda r: "/api/predict" in r.url) as info:
+            with page.expect_response(lambda r: "/api/progression" in r.url) as info:
                 page.set_input_files("#file-input", str(_sample(oasis_sample_files, "Non Demented")))
             assert info.value.status == 503
             _wait_idle(page)

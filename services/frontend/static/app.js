@@ -1,6 +1,7 @@
 // The page's only script (loaded from this origin; the CSP forbids inline code).
-// Flow: pick or drop a file -> POST /api/predict?explain=true -> show stage, bars, Grad-CAM
-// -> POST /api/progression -> show the original beside each synthesized stage.
+// Flow: pick or drop a file -> ONE request: POST /api/progression?explain=true (or /api/predict
+// when no progression is wanted) -> show stage, bars, Grad-CAM, then the original beside each
+// synthesized stage, all from that one answer.
 "use strict";
 
 (function () {
@@ -294,6 +295,21 @@
     el.progression.hidden = false;
   }
 
+  // The one request of an upload: /progression carries the classification too, so the
+  // classifier runs once per upload; /predict only when no progression is wanted.
+  function requestPath() {
+    const query = new URLSearchParams();
+    if (el.optExplain.checked) query.set("explain", "true");
+    if (!el.optProgression.checked) {
+      const q = query.toString();
+      return "api/predict" + (q ? "?" + q : "");
+    }
+    // Default: from the predicted stage; the user may start from an earlier stage instead.
+    if (el.optFrom.value) query.set("from_stage", el.optFrom.value);
+    const q = query.toString();
+    return "api/progression" + (q ? "?" + q : "");
+  }
+
   async function analyse() {
     if (!currentFile || busy) return;
     clearError();
@@ -301,17 +317,16 @@
     el.progression.hidden = true;
     el.strip.replaceChildren();
     try {
-      setBusy(true, "Classifying the slice…");
-      const explain = el.optExplain.checked ? "?explain=true" : "";
-      const prediction = await postFile("api/predict" + explain);
-      renderPrediction(prediction);
-      if (el.optProgression.checked) {
-        setBusy(true, "Synthesizing the progression (this can take a few seconds)…");
-        // Default: from the predicted stage; the user may start from an earlier stage instead.
-        const from = el.optFrom.value ? "?from_stage=" + encodeURIComponent(el.optFrom.value) : "";
-        const progression = await postFile("api/progression" + from);
-        renderProgression(progression);
-      }
+      const withProgression = el.optProgression.checked;
+      setBusy(
+        true,
+        withProgression
+          ? "Classifying the slice and synthesizing the progression (this can take a few seconds)…"
+          : "Classifying the slice…"
+      );
+      const data = await postFile(requestPath());
+      renderPrediction(data);
+      if (withProgression) renderProgression(data);
     } catch (err) {
       showError(err && err.message ? err.message : String(err));
     } finally {
