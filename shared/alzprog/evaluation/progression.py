@@ -66,6 +66,87 @@ def grows(areas: list[int]) -> bool:
     return all(b > a for a, b in zip(areas, areas[1:]))
 
 
+# --------------------------------------------------------------------------- change fidelity
+
+# The phantom draws independent noise into every stage image, so the raw change y - x is mostly
+# noise; both changes are smoothed by the same Gaussian before they are compared (sigma in
+# pixels of a 256 x 256 frame, scaled with the frame).
+CHANGE_SIGMA_256 = 2.0
+# Per-pair growth ratios are only meaningful where the true growth is clearly above the
+# threshold's pixel jitter; smaller true growths are left out of the median (not of the pooled ratio).
+GROWTH_MIN_PX = 20
+
+
+def change_sigma(size: int) -> float:
+    """Gaussian sigma (pixels) of the change comparison for a ``size`` x ``size`` frame."""
+    return CHANGE_SIGMA_256 * float(size) / 256.0
+
+
+def smoothed_change(source: np.ndarray, image: np.ndarray, sigma: float | None = None) -> np.ndarray:
+    """``image - source`` (float grey levels), smoothed by the change-fidelity Gaussian."""
+    s = np.asarray(source, dtype=np.float64)
+    sig = change_sigma(s.shape[-1]) if sigma is None else sigma
+    return ndi.gaussian_filter(np.asarray(image, dtype=np.float64) - s, sig)
+
+
+def change_correlation(source: np.ndarray, generated: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
+    """Pearson correlation inside ``mask`` of the smoothed generated and true changes of one image.
+
+    A generated change that is constant inside the brain (the identity's zero change) has no
+    correlation defined; it is scored 0: it explains none of the true change. A constant true
+    change (nothing to reproduce) gives NaN.
+    """
+    m = np.asarray(mask, dtype=bool)
+    if m.sum() < 2:
+        return float("nan")
+    g = smoothed_change(source, generated)[m]
+    t = smoothed_change(source, target)[m]
+    g, t = g - g.mean(), t - t.mean()
+    ng, nt = float(np.sqrt((g * g).sum())), float(np.sqrt((t * t).sum()))
+    if nt <= 1e-9:
+        return float("nan")
+    if ng <= 1e-9:
+        return 0.0
+    return float((g * t).sum() / (ng * nt))
+
+
+def growth_areas(source: np.ndarray, images: np.ndarray, source_mask: np.ndarray) -> np.ndarray:
+    """CSF/ventricle area of each image, counted with its source's threshold and brain mask."""
+    return np.array([
+        ventricle_area(im_, m, csf_threshold(s, m)) for s, im_, m in zip(source, images, source_mask)
+    ], dtype=np.float64)
+
+
+def change_fidelity(
+    source: np.ndarray, generated: np.ndarray, target: np.ndarray, source_mask: np.ndarray, mask: np.ndarray
+) -> dict[str, Any]:
+    """Change fidelity of a set of generated images against the true future of the same inputs.
+
+    ``change_corr``: mean over pairs of :func:`change_correlation` (median beside it).
+    ``growth_ratio`` (the headline growth figure): generated CSF/ventricle growth over true
+    growth, pooled as a ratio of sums, ``sum(A(G(x)) - A(x)) / sum(A(y) - A(x))``, with
+    :func:`ventricle_area` under the input's threshold and brain mask. ``growth_ratio_median``:
+    the median of per-pair ratios over pairs whose true growth is at least ``GROWTH_MIN_PX``.
+    """
+    corr = np.array([change_correlation(s, g, t, m) for s, g, t, m in zip(source, generated, target, mask)])
+    a_src = growth_areas(source, source, source_mask)
+    a_gen = growth_areas(source, generated, source_mask)
+    a_tgt = growth_areas(source, target, source_mask)
+    gen_growth, true_growth = a_gen - a_src, a_tgt - a_src
+    total_true = float(true_growth.sum())
+    big = true_growth >= GROWTH_MIN_PX
+    finite = corr[np.isfinite(corr)]
+    return {
+        "change_corr": float(finite.mean()) if finite.size else float("nan"),
+        "change_corr_median": float(np.median(finite)) if finite.size else float("nan"),
+        "growth_ratio": float(gen_growth.sum() / total_true) if abs(total_true) > 0 else float("nan"),
+        "growth_ratio_median": float(np.median(gen_growth[big] / true_growth[big])) if big.any() else float("nan"),
+        "generated_growth_px": float(gen_growth.mean()),
+        "true_growth_px": float(true_growth.mean()),
+        "n_growth_pairs": int(big.sum()),
+    }
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -213,9 +294,40 @@ def evaluate_transition_outputs(
     res["ventricle_monotonic_share"] = shares.get("model")
     res["ventricle_growth_share_all"] = shares
     res["domain_fid"] = {k: domain_fid(classifier, classifier_reason, target, v) if v is not None else None for k, v in outputs.items()}
+    add_change_fidelity(res, source, outputs, target, mask_src, mask)
     if outputs.get("model") is not None:
         res["standard_networks"] = optional_networks(outputs["model"], target)
     return res
+
+
+CHANGE_KEYS = ("change_corr", "growth_ratio", "growth_ratio_median")
+
+
+def add_change_fidelity(
+    res: dict[str, Any],
+    source: np.ndarray,
+    outputs: dict[str, np.ndarray | None],
+    target: np.ndarray,
+    source_mask: np.ndarray,
+    mask: np.ndarray,
+) -> None:
+    """Put :func:`change_fidelity` of every available output (and of the truth itself, the
+    ceiling) into ``res["change_fidelity"]``, and its headline keys into each label's row."""
+    fid: dict[str, Any] = {}
+    for label, pred in list(outputs.items()) + [("truth", target)]:
+        if pred is None:
+            fid[label] = None
+            continue
+        fid[label] = change_fidelity(source, pred, target, source_mask, mask)
+        if label in res and isinstance(res[label], dict):
+            res[label].update({k: fid[label][k] for k in CHANGE_KEYS})
+    res["change_fidelity"] = fid
+    res["change_fidelity_rule"] = (
+        f"change_corr: Pearson correlation in the brain of G(x)-x and y-x, both Gaussian-smoothed (sigma "
+        f"{CHANGE_SIGMA_256} px at 256 x 256); a zero generated change scores 0. growth_ratio: sum of generated over "
+        f"sum of true CSF/ventricle growth (headline); growth_ratio_median: median per-pair ratio over pairs with "
+        f"true growth >= {GROWTH_MIN_PX} px"
+    )
 
 
 def chain_table(pairs_by_transition: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -279,6 +391,7 @@ def evaluate_progression(
         "split": str(Path(split_dir).resolve()),
         "models": {"model": model_g.versions, "dcgan": dcgan_g.versions},
         "classifier": {"version": classifier.version} if classifier else {"unavailable": classifier_reason},
+        "change_fidelity_rule": f"smoothed change correlation (sigma {CHANGE_SIGMA_256} px at 256) and CSF growth ratio (ratio of sums), see change_fidelity",
         "ventricle_rule": f"dark CSF = brain pixels below {CSF_FRACTION} x median brain intensity of the input, "
         f"inside the input's brain mask eroded by {CSF_ERODE} px",
     }
@@ -331,10 +444,13 @@ def _evaluate_chain(pairs, load, model_g, dcgan_g, classifier, classifier_reason
     final = {k: (v[-1] if v is not None else None) for k, v in steps.items()}
     res: dict[str, Any] = score_outputs(final, truth[3], masks[0] | masks[3], reasons)
     res["n_chains"] = int(len(table))
-    res["per_step"] = {
-        STAGES[k + 1]: score_outputs({k2: (v[k] if v is not None else None) for k2, v in steps.items()}, truth[k + 1], masks[0] | masks[k + 1], reasons)
-        for k in range(3)
-    }
+    add_change_fidelity(res, truth[0], final, truth[3], masks[0], masks[0] | masks[3])
+    res["per_step"] = {}
+    for k in range(3):
+        step_out = {k2: (v[k] if v is not None else None) for k2, v in steps.items()}
+        row = score_outputs(step_out, truth[k + 1], masks[0] | masks[k + 1], reasons)
+        add_change_fidelity(row, truth[0], step_out, truth[k + 1], masks[0], masks[0] | masks[k + 1])
+        res["per_step"][STAGES[k + 1]] = row
     if classifier is not None:
         cons = {}
         for label, v in list(steps.items()) + [("truth", truth[1:])]:
@@ -428,6 +544,28 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"{f(r['dcgan']['mse_brain'], 5)} | {f(r['model']['psnr_brain'], 2)} | {f(r.get('stage_consistency'), 3)} | "
             f"{f(r.get('ventricle_monotonic_share'), 3)} |"
         )
+    lines += [
+        "",
+        "Change fidelity (smoothed change correlation; CSF/ventricle growth ratio, pooled ratio of sums, "
+        "and the median per-pair ratio; identity's zero change scores correlation 0 and ratio 0):",
+        "",
+        "| transition | model corr | dcgan corr | identity corr | model growth ratio | model growth (median) | dcgan growth ratio | identity growth ratio | true growth px |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in [t[0] for t in TRANSITIONS] + ["chain"]:
+        r = report.get(key, {})
+        fid = r.get("change_fidelity")
+        if not fid:
+            continue
+
+        def g(label: str, k: str, p: int = 3) -> str:
+            return f((fid.get(label) or {}).get(k), p)
+
+        lines.append(
+            f"| {key} | {g('model', 'change_corr')} | {g('dcgan', 'change_corr')} | {g('identity', 'change_corr')} | "
+            f"{g('model', 'growth_ratio')} | {g('model', 'growth_ratio_median')} | {g('dcgan', 'growth_ratio')} | "
+            f"{g('identity', 'growth_ratio')} | {g('truth', 'true_growth_px', 1)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -445,7 +583,7 @@ def _log_report(report: dict[str, Any], out: Path) -> None:
             for key in [t[0] for t in TRANSITIONS] + ["chain"]:
                 r = report.get(key, {})
                 for label in ("model", "identity", "dcgan"):
-                    for m in CONTRACT_KEYS:
+                    for m in (*CONTRACT_KEYS, *CHANGE_KEYS):
                         v = (r.get(label) or {}).get(m)
                         if isinstance(v, float) and np.isfinite(v):
                             metrics[f"{key}.{label}.{m}"] = v
