@@ -3,12 +3,15 @@
 Registered models are plain artifact folders (see :mod:`alzprog.artifacts`), not MLflow
 "flavors": a version is created from the run's ``model/`` artifact folder with
 ``MlflowClient.create_model_version``, and a ``models:/`` URI is resolved by downloading that
-folder once into ``<data_home>/model-cache/<name>/<version>/`` (atomically, digest-checked).
-Services start from :func:`cached_versions` when the tracking server is down.
+folder once into the local cache, keyed by the registry (its normalised URI, hashed), the version,
+its run id and the per-file digests recorded at registration (atomically, digest-checked).
+Services start from :func:`cached_versions` when the tracking server is down: only the version
+last resolved for that same registry and alias.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -18,6 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from alzprog.artifacts import CONFIG_FILE, ArtifactIntegrityError, verify_digests
 from alzprog.constants import CHAMPION_ALIAS
@@ -26,6 +30,10 @@ from alzprog.paths import data_home
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT_PATH = "model"
+# Model-version tag holding the JSON {file: sha256} of the artifact, recorded at registration.
+DIGESTS_TAG = "alzprog.artifact_sha256"
+# Cache entries live under this folder; the old ``<name>/<version>`` layout beside it is ignored.
+CACHE_LAYOUT = "v2"
 _URI_ALIAS = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)/?$")
 _URI_VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)/?$")
 
@@ -38,6 +46,7 @@ class ResolvedModel:
     version: str
     local_dir: Path
     config: dict[str, Any]
+    run_id: str | None = None
 
 
 def tracking_uri() -> str:
@@ -91,11 +100,13 @@ def register_artifact(
 ) -> str:
     """Log a model directory as run artifacts under ``model/`` and register it; return the version.
 
-    The directory is digest-checked first, so a broken artifact is never registered.
+    The directory is digest-checked first, so a broken artifact is never registered, and its
+    per-file SHA-256 is recorded as the version tag :data:`DIGESTS_TAG`: the model cache checks
+    every download and every cached folder against it.
     """
     from mlflow.exceptions import MlflowException
 
-    verify_digests(local_dir)
+    digests = verify_digests(local_dir)
     c = client()
     c.log_artifacts(run_id, str(local_dir), artifact_path=MODEL_ARTIFACT_PATH)
     run = c.get_run(run_id)
@@ -107,7 +118,8 @@ def register_artifact(
             c.create_registered_model(name)
         except MlflowException:  # created concurrently by another process
             pass
-    mv = c.create_model_version(name=name, source=source, run_id=run_id, tags={k: str(v) for k, v in (tags or {}).items()})
+    mv = c.create_model_version(name=name, source=source, run_id=run_id, tags={**{k: str(v) for k, v in (tags or {}).items()},
+                                                                              DIGESTS_TAG: json.dumps(digests, sort_keys=True)})
     version = str(mv.version)
     if alias:
         set_alias(name, alias, version)
@@ -196,66 +208,270 @@ def cache_root() -> Path:
     return data_home() / "model-cache"
 
 
-def _valid_cached(dir_: Path) -> bool:
+def normalise_registry_uri(uri: str) -> str:
+    """The tracking URI in one spelling per registry, without credentials.
+
+    Local stores (``sqlite:///``, ``file:`` and plain paths) become absolute resolved paths;
+    server URIs get a lower-case scheme and host, no default port, no trailing slash and no
+    user or password. Two URIs that reach the same registry by different routes (a proxy, another
+    host name) stay different: the cache then downloads once more rather than guess.
+    """
+    uri = uri.strip()
+    if uri.startswith("sqlite:///"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).expanduser().resolve())
+    parts = urlsplit(uri)
+    if parts.scheme in ("", "file") or (len(parts.scheme) == 1 and uri[1:3] in (":\\", ":/")):
+        path = parts.path if parts.scheme == "file" else uri
+        return "file://" + str(Path(path).expanduser().resolve())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    default = {"http": 80, "https": 443}.get(scheme)
+    port = f":{parts.port}" if parts.port and parts.port != default else ""
+    return urlunsplit((scheme, host + port, parts.path.rstrip("/"), parts.query, ""))
+
+
+def registry_key(uri: str | None = None) -> str:
+    """A short stable key of a registry: SHA-256 of :func:`normalise_registry_uri` (hex, 16).
+
+    ``uri`` defaults to :func:`tracking_uri`.
+    """
+    norm = normalise_registry_uri(uri if uri is not None else tracking_uri())
+    return hashlib.sha256(norm.encode()).hexdigest()[:16]
+
+
+def registered_digests(tags: dict[str, str] | None) -> dict[str, str] | None:
+    """The per-file SHA-256 recorded at registration (tag :data:`DIGESTS_TAG`), or None.
+
+    Versions registered outside :func:`register_artifact` carry no such tag; their cache
+    entries are then keyed and checked by run id and source only.
+    """
+    raw = (tags or {}).get(DIGESTS_TAG)
+    if not raw:
+        return None
     try:
-        verify_digests(dir_)
-        return True
+        got = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return {str(k): str(v) for k, v in got.items()} if isinstance(got, dict) else None
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """What identifies one registered version: registry, name, version, run, source, digests."""
+
+    registry: str
+    name: str
+    version: str
+    run_id: str | None
+    source: str
+    digests: dict[str, str] | None
+
+    def record(self) -> dict[str, Any]:
+        return {"registry": self.registry, "name": self.name, "version": self.version, "run_id": self.run_id,
+                "source": self.source, "registered_digests": self.digests}
+
+    @property
+    def entry(self) -> str:
+        """``<version>/<run id prefix>-<hash of the identity>``, relative to the name's folder."""
+        h = hashlib.sha256(json.dumps(self.record(), sort_keys=True).encode()).hexdigest()[:20]
+        run = re.sub(r"[^0-9A-Za-z]", "", self.run_id or "")[:12] or "norun"
+        return f"{self.version}/{run}-{h}"
+
+
+def _safe_component(value: str) -> str:
+    # Model names and aliases are free text in MLflow; a path component must not be.
+    if re.fullmatch(r"[0-9A-Za-z][0-9A-Za-z._-]{0,120}", value):
+        return value
+    return "x-" + hashlib.sha256(value.encode()).hexdigest()[:24]
+
+
+def _name_root(name: str, uri: str | None = None) -> Path:
+    return cache_root() / CACHE_LAYOUT / registry_key(uri) / _safe_component(name)
+
+
+def _pointer_path(name: str, alias: str, uri: str | None = None) -> Path:
+    return _name_root(name, uri) / f"@{_safe_component(alias)}.json"
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _check_entry(folder: Path, expected: dict[str, Any]) -> str | None:
+    """Why a cache entry cannot be served for the identity ``expected``; None when it can.
+
+    The entry's record (written beside the folder at download) must name the same registry,
+    version, run and source, the folder must pass its own digests, and where the registry
+    recorded digests at registration the folder's digests must equal them.
+    """
+    record = _read_json(folder.with_name(folder.name + ".json"))
+    if record is None or not folder.is_dir():
+        return "not cached"
+    for key in ("registry", "name", "version", "run_id", "source", "registered_digests"):
+        if record.get(key) != expected.get(key):
+            return f"cached {key} {record.get(key)!r} differs from the registry's {expected.get(key)!r}"
+    try:
+        digests = verify_digests(folder)
     except ArtifactIntegrityError as exc:
-        log.warning("cached model %s is invalid: %s", dir_, exc)
-        return False
+        return str(exc)
+    if expected.get("registered_digests") is not None and digests != expected["registered_digests"]:
+        return "files differ from the digests recorded at registration"
+    if digests != record.get("digests"):
+        return "files differ from the digests recorded at download"
+    return None
 
 
-def _download_version(name: str, version: str) -> Path:
-    """Download one version into the cache atomically (temp folder + rename); return its folder."""
+def _identity(mv: Any, uri: str) -> _Identity:
+    return _Identity(registry=normalise_registry_uri(uri), name=str(mv.name), version=str(mv.version),
+                     run_id=str(mv.run_id) if mv.run_id else None, source=str(mv.source or ""),
+                     digests=registered_digests(dict(mv.tags or {})))
+
+
+def _download_version(ident: _Identity, uri: str) -> Path:
+    """The verified cache folder of one version, downloaded atomically (temp folder + rename) unless
+    a matching entry is already there."""
     import mlflow.artifacts
 
-    target = cache_root() / name / version
-    if target.is_dir() and _valid_cached(target):
+    root = _name_root(ident.name, uri)
+    target = root / ident.entry
+    why = _check_entry(target, ident.record())
+    if why is None:
         return target
-    c = client()
-    source = c.get_model_version_download_uri(name, version)
+    if why != "not cached":
+        log.warning("cached model %s v%s is not served (%s); downloading it again", ident.name, ident.version, why)
+    source = client().get_model_version_download_uri(ident.name, ident.version)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=tracking_uri())
+        mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=uri)
         # download_artifacts puts a folder's files under dst/<basename>.
         candidates = [tmp / Path(source.rstrip("/")).name, tmp]
         got = next((p for p in candidates if (p / CONFIG_FILE).is_file()), None)
         if got is None:
-            raise ArtifactIntegrityError(f"{name} v{version}: downloaded artifacts have no {CONFIG_FILE}")
-        verify_digests(got)
+            raise ArtifactIntegrityError(f"{ident.name} v{ident.version}: downloaded artifacts have no {CONFIG_FILE}")
+        digests = verify_digests(got)
+        if ident.digests is not None and digests != ident.digests:
+            raise ArtifactIntegrityError(
+                f"{ident.name} v{ident.version}: downloaded files differ from the digests recorded at registration"
+            )
+        record_path = target.with_name(target.name + ".json")
+        record_path.unlink(missing_ok=True)  # no record points at a half-replaced folder
         if target.exists():
             shutil.rmtree(target)
         os.replace(got, target)
+        _write_json_atomic(record_path, {**ident.record(), "digests": digests})
+        _write_json_atomic(root.parent / "registry.json", {"uri": ident.registry})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
+def _resolved(ident: _Identity, folder: Path) -> ResolvedModel:
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    return ResolvedModel(name=ident.name, version=ident.version, local_dir=folder, config=config, run_id=ident.run_id)
+
+
 def resolve_model(uri: str) -> ResolvedModel:
     """Resolve ``models:/name@alias`` or ``models:/name/version`` to a verified local folder.
 
-    Downloads a version once into ``<data_home>/model-cache/<name>/<version>/`` and reuses it
-    while its digests match.
+    The registry is asked every time for the version's run id, source and the digests recorded at
+    registration; the cache entry is keyed by all of them under the registry's key
+    (``<data_home>/model-cache/v2/<registry key>/<name>/<version>/<run>-<hash>/``), so another
+    registry, or a re-created one, that also has this version number is never answered from the
+    old folder. An entry whose files or record disagree is downloaded again. Resolving an alias
+    also records the entry as the one last resolved for that alias on this registry, which is
+    what :func:`cached_versions` may serve while the registry is unreachable. Folders of the old
+    ``<name>/<version>`` layout are never read.
     """
+    from mlflow.exceptions import MlflowException
+
     name, alias, version = parse_model_uri(uri)
+    reg_uri = tracking_uri()
+    c = client()
     if alias is not None:
-        version = get_alias_version(name, alias)
-        if version is None:
-            raise LookupError(f"registered model {name!r} has no alias {alias!r}")
-    assert version is not None
-    local = _download_version(name, version)
-    config = json.loads((local / CONFIG_FILE).read_text())
-    return ResolvedModel(name=name, version=version, local_dir=local, config=config)
+        try:
+            mv = c.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            raise LookupError(f"registered model {name!r} has no alias {alias!r} ({exc})") from exc
+    else:
+        mv = c.get_model_version(name, str(version))
+    ident = _identity(mv, reg_uri)
+    local = _download_version(ident, reg_uri)
+    if alias is not None:
+        pointer = {"name": ident.name, "alias": alias, "version": ident.version, "entry": ident.entry}
+        path = _pointer_path(name, alias, reg_uri)
+        if _read_json(path) != pointer:
+            _write_json_atomic(path, pointer)
+    return _resolved(ident, local)
 
 
-def cached_versions(name: str) -> list[ResolvedModel]:
-    """Valid cached versions of ``name``, newest first (no tracking server needed)."""
-    root = cache_root() / name
-    if not root.is_dir():
+def cached_versions(name: str, alias: str = CHAMPION_ALIAS) -> list[ResolvedModel]:
+    """What may be served for ``name@alias`` while the registry is unreachable: at most one version.
+
+    Only the folder last resolved (by :func:`resolve_model`) for ``alias`` on the registry that
+    :func:`tracking_uri` names now, and only while its files still match both the digests
+    recorded at registration and those of its download. A folder resolved from any other registry
+    URI, or left in the old ``<name>/<version>`` layout, is never returned. No network is used.
+    The limit: a registry re-created at the same URI cannot be told apart while it is unreachable,
+    so its previous champion is served until the registry answers again.
+    """
+    reg_uri = tracking_uri()
+    pointer = _read_json(_pointer_path(name, alias, reg_uri))
+    if pointer is None or not isinstance(pointer.get("entry"), str):
         return []
-    out: list[ResolvedModel] = []
-    for d in sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: -int(p.name)):
-        if _valid_cached(d):
-            out.append(ResolvedModel(name=name, version=d.name, local_dir=d, config=json.loads((d / CONFIG_FILE).read_text())))
-    return out
+    folder = _name_root(name, reg_uri) / pointer["entry"]
+    record = _read_json(folder.with_name(folder.name + ".json"))
+    if record is None or record.get("registry") != normalise_registry_uri(reg_uri):
+        return []
+    why = _check_entry(folder, record)
+    if why is not None:
+        log.warning("cached model %s v%s is not served: %s", name, record.get("version"), why)
+        return []
+    ident = _Identity(registry=record["registry"], name=name, version=str(record["version"]),
+                      run_id=record.get("run_id"), source=str(record.get("source", "")),
+                      digests=record.get("registered_digests"))
+    if ident.entry != pointer["entry"]:
+        return []
+    return [_resolved(ident, folder)]
+
+
+def store_in_cache(local_dir: str | Path, name: str, version: str | int, alias: str = CHAMPION_ALIAS,
+                   run_id: str | None = None, uri: str | None = None) -> Path:
+    """Copy a verified model folder into the cache as the version last resolved for ``name@alias``
+    on registry ``uri`` (default :func:`tracking_uri`); return the cached folder.
+
+    For sites that start without a reachable registry (an air-gapped install, the service tests):
+    :func:`cached_versions` serves it for that registry only. The entry carries no registered
+    digests and no real run id, so once the registry answers, :func:`resolve_model` keys the
+    registry's own version differently and downloads it rather than trust this copy.
+    """
+    digests = verify_digests(local_dir)
+    reg_uri = uri if uri is not None else tracking_uri()
+    norm = normalise_registry_uri(reg_uri)
+    ident = _Identity(registry=norm, name=name, version=str(version), run_id=run_id,
+                      source=f"local:{Path(local_dir).resolve()}", digests=None)
+    root = _name_root(name, reg_uri)
+    target = root / ident.entry
+    target.parent.mkdir(parents=True, exist_ok=True)
+    record_path = target.with_name(target.name + ".json")
+    record_path.unlink(missing_ok=True)
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(local_dir, target)
+    _write_json_atomic(record_path, {**ident.record(), "digests": digests})
+    _write_json_atomic(root.parent / "registry.json", {"uri": norm})
+    _write_json_atomic(_pointer_path(name, alias, reg_uri),
+                       {"name": name, "alias": alias, "version": ident.version, "entry": ident.entry})
+    return target
