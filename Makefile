@@ -34,3 +34,19 @@ loadtest: setup
 
 compose-check: setup
 	$(BIN)/python scripts/validate_deploy.py
+
+# The whole stack in containers on this machine (docker compose up, for real). Where no engine
+# or registry is at hand, scripts/compose_prepare.sh first starts dockerd and builds the local
+# base images; it prints each step and how long it took. See docs/deploy.md.
+.PHONY: compose-up compose-down compose-test
+
+compose-up: setup
+	bash scripts/compose_prepare.sh up
+
+compose-down:
+	bash scripts/compose_prepare.sh down
+
+# Up (the default stack, then the production override), the checks through the published
+# ports, then down -v; tests/test_compose_stack.py.
+compose-test: setup
+	ALZPROG_COMPOSE_TEST=1 $(BIN)/pytest -q tests/test_compose_stack.py -x
