@@ -21,8 +21,9 @@ def _add_training_args(p: argparse.ArgumentParser, *, variant: bool = True) -> N
     if variant:
         p.add_argument("--variant", choices=("default", "dcgan"), default=None,
                        help="default: identity-preserving U-Net + conditional ROI discriminator; dcgan: the published baseline")
-    p.add_argument("--arch", choices=("lite", "unet"), default=None,
-                   help="U-Net of the default variant: lite (fast, the presets') or unet (the first, 17 GMAC design)")
+    p.add_argument("--arch", choices=("deform", "lite", "unet"), default=None,
+                   help="generator of the default variant: deform (smooth displacement + small residual, the presets'), "
+                   "lite (fast residual U-Net) or unet (the first, 17 GMAC design)")
     p.add_argument("--roi", dest="roi", action="store_true", default=None, help="brain-ROI discriminator (preset default: on)")
     p.add_argument("--no-roi", dest="roi", action="store_false", help="discriminator judges the whole frame")
     p.add_argument("--epochs", type=int, default=None)

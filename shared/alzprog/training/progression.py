@@ -220,6 +220,34 @@ def masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     return ((a - b).abs() * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def gaussian_kernel1d(sigma: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps (radius 3 sigma)."""
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_smooth(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(N, 1, H, W)`` (reflect padding); ``sigma <= 0`` is a no-op."""
+    if sigma <= 0:
+        return image
+    k = gaussian_kernel1d(sigma, image.dtype).to(image.device)
+    r = (len(k) - 1) // 2
+    h = F.conv2d(F.pad(image, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(h, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+
+
+def smoothed_masked_l1(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, sigma: float) -> torch.Tensor:
+    """L1 of the Gaussian-smoothed images inside the mask.
+
+    The true future carries its own independent noise; unsmoothed, the L1 optimum is the
+    median of that noise plus the change, and most of the loss is noise no generator can
+    predict. Smoothing both sides keeps the change and averages the noise away.
+    """
+    return masked_l1(gaussian_smooth(a, sigma), gaussian_smooth(b, sigma), mask)
+
+
 def adversarial_loss(logits: torch.Tensor, real: bool, weights: torch.Tensor | None = None) -> torch.Tensor:
     """BCE on realness logits (Sigmoid + BCE in one stable op), optionally weighted per patch."""
     target = torch.full_like(logits, 1.0 if real else 0.0)
@@ -325,6 +353,8 @@ def _model_config(cfg: dict[str, Any], transition: str) -> dict[str, Any]:
         base_channels=int(cfg["base_channels"]),
         depth=int(cfg["depth"]),
         max_change=float(cfg.get("max_change", 1.0)),
+        max_disp=float(cfg.get("max_disp", 4.0)),
+        max_residual=float(cfg.get("max_residual", 0.1)),
         norm=str(cfg.get("norm", "batch")),
         image_size=int(cfg.get("image_size", 256)),
         roi=bool(cfg["roi"]),
@@ -429,6 +459,8 @@ def train_transition(
     lambda_adv = float(cfg.get("lambda_adv", 1.0))
     lambda_l1 = float(cfg.get("lambda_l1", 100.0)) if variant == "default" else 0.0
     lambda_id = float(cfg.get("lambda_identity", 10.0)) if (variant == "default" and not paired) else 0.0
+    recon_sigma = float(cfg.get("recon_sigma", 0.0)) if variant == "default" else 0.0
+    lambda_smooth = float(cfg.get("lambda_smooth", 0.0)) if variant == "default" else 0.0
     roi = bool(cfg["roi"])
     batch_size = int(cfg["batch_size"])
     samples = int(cfg.get("samples_per_epoch") or len(data.source))
@@ -488,6 +520,7 @@ def train_transition(
                 parts = gan_step(
                     gen, disc, opt_g, opt_d, scaler, x, m, y, ym, paired=data.paired, roi=roi, lambda_adv=lambda_adv,
                     lambda_l1=lambda_l1, lambda_id=lambda_id, device=device, use_amp=use_amp,
+                    recon_sigma=recon_sigma, lambda_smooth=lambda_smooth,
                 )
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -583,16 +616,25 @@ def gan_step(
     lambda_id: float,
     device: torch.device,
     use_amp: bool,
+    recon_sigma: float = 0.0,
+    lambda_smooth: float = 0.0,
 ) -> dict[str, float]:
     """One discriminator update then one generator update; returns the loss parts.
 
     ``x``/``m``: inputs and their brain masks; ``y``/``ym``: the true future (paired) or
-    target-stage images of other people (unpaired) and their masks.
+    target-stage images of other people (unpaired) and their masks. ``recon_sigma > 0``
+    compares Gaussian-smoothed output and target (:func:`smoothed_masked_l1`);
+    ``lambda_smooth`` weighs the displacement smoothness of a ``deform`` generator.
     """
     from alzprog.training.common import autocast_context
 
+    core = _unwrap(gen)
     with autocast_context(device, use_amp):
-        fake = gen(x, m)
+        if lambda_smooth > 0 and core is gen and hasattr(core, "fields"):  # DDP: plain forward
+            disp, residual = core.fields(x, m)
+            fake = core.compose(x, m, disp, residual)
+        else:
+            disp, fake = None, gen(x, m)
         # Paired: the conditional D judges (input, future) vs (input, generated).
         # Unpaired: no true (input, future) pair exists, so it judges each image alone.
         real_cond, fake_cond = (x, x) if paired else (y, fake.detach())
@@ -612,9 +654,15 @@ def gan_step(
     g_loss = lambda_adv * g_adv
     parts = {"g_adv": g_adv.detach(), "d_loss": d_loss.detach()}
     if lambda_l1 > 0 and paired:
-        g_l1 = masked_l1(fake.float(), y.float(), m)
+        g_l1 = smoothed_masked_l1(fake.float(), y.float(), m, recon_sigma)
         g_loss = g_loss + lambda_l1 * g_l1
         parts["g_l1"] = g_l1.detach()
+    if disp is not None:
+        from alzprog.models.progression_generator import displacement_smoothness
+
+        g_smooth = displacement_smoothness(disp.float())
+        g_loss = g_loss + lambda_smooth * g_smooth
+        parts["g_smooth"] = g_smooth.detach()
     if lambda_id > 0:
         g_id = masked_l1(fake.float(), x.float(), m)
         g_loss = g_loss + lambda_id * g_id
@@ -656,6 +704,11 @@ def _validate(gen: nn.Module, val: PairData, device: torch.device, out: Path, ep
     Image.fromarray(sample_grid(val.source[:rows], pred[:rows], val.target[:rows])).save(out / "samples" / f"epoch_{epoch:03d}.png")
     res = {f"val_{k}": v for k, v in m.items() if k in ("ssim_brain", "mse_brain", "psnr_brain", "ssim", "mse")}
     res.update({f"val_identity_{k}": v for k, v in ident.items() if k in ("ssim_brain", "mse_brain")})
+    from alzprog.evaluation.progression import change_fidelity
+
+    fid = change_fidelity(val.source, pred, val.target, val.source_mask, mask)
+    res["val_change_corr"] = fid["change_corr"]
+    res["val_growth_ratio"] = fid["growth_ratio"]
     return res
 
 
@@ -750,7 +803,8 @@ def throughput_run(
             x, y, m = (t[..., top : top + crop, left : left + crop] for t in (x, y, m))
         parts = gan_step(gen, disc, opt_g, opt_d, scaler, x, m, y, m, paired=True, roi=bool(cfg["roi"]),
                          lambda_adv=float(cfg["lambda_adv"]), lambda_l1=float(cfg["lambda_l1"]), lambda_id=0.0,
-                         device=dev, use_amp=use_amp)
+                         device=dev, use_amp=use_amp, recon_sigma=float(cfg.get("recon_sigma", 0.0)),
+                         lambda_smooth=float(cfg.get("lambda_smooth", 0.0)))
         steps += 1
         if steps == 5:  # skip warm-up (cuDNN autotuning, allocator growth)
             if dev.type == "cuda":
