@@ -9,11 +9,14 @@ FID is the Frechet distance between Gaussians fitted to feature vectors. The sta
 FID and LPIPS need network weights that are downloaded on first use; this machine has no
 internet, so they run only when the weights are already on disk and are otherwise reported as
 unavailable with the reason, never replaced by a made-up number. The *domain FID* uses the
-trained stage classifier's penultimate features and always works.
+trained stage classifier's penultimate features and always works. ``lite_frechet_distance`` and
+``lite_perceptual_distance`` use the packaged ImageNet EfficientNet-Lite0 weights instead:
+non-standard, not comparable to published FID/LPIPS.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -262,3 +265,101 @@ def optional_metric(fn: Callable[[], float], status: Callable[[], tuple[bool, st
     if not ok:
         return {"value": None, "unavailable": why}
     return {"value": fn()}
+
+
+# --------------------------------------------------------------------------- ImageNet Lite features
+# Non-standard metrics on the packaged ImageNet EfficientNet-Lite0 weights: the only ImageNet
+# network available offline (no Inception for FID, no AlexNet/VGG for LPIPS). They rank models
+# against each other here; they are not comparable to published FID or LPIPS values.
+
+LITE_ARCH = "efficientnet_lite0"
+LITE_SIZE = 224
+# Outputs of these ``features`` entries (stages at 1/2, 1/4, 1/8, 1/16, 1/32 of the input) feed
+# the perceptual distance, as LPIPS taps one layer per resolution.
+LITE_PERCEPTUAL_STAGES = (1, 2, 3, 5, 7)
+
+
+@functools.lru_cache(maxsize=1)
+def _lite_backbone() -> nn.Module:
+    from alzprog.models.efficientnet_lite import build_efficientnet_lite, pretrained_state_dict
+
+    model = build_efficientnet_lite(LITE_ARCH).eval()
+    model.load_state_dict(pretrained_state_dict(LITE_ARCH))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _lite_inputs(images_uint8_gray: np.ndarray) -> torch.Tensor:
+    """(N, H, W) uint8 canonical slices -> (N, 3, 224, 224) Lite inputs, via the one preprocessing path."""
+    from alzprog.models.efficientnet_lite import INPUT_MEAN, INPUT_STD
+    from alzprog.preprocessing import classifier_input
+
+    images = np.asarray(images_uint8_gray)
+    if images.ndim == 2:
+        images = images[None]
+    if images.ndim != 3:
+        raise ValueError(f"expected (N, H, W) grey images, got shape {images.shape}")
+    return torch.stack([classifier_input(im, LITE_SIZE, INPUT_MEAN, INPUT_STD) for im in images])
+
+
+def lite_features(images_uint8_gray: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Pooled 1280-d ImageNet EfficientNet-Lite0 features of grey slices, (N, 1280) float64.
+
+    Non-standard: a Lite0 ImageNet backbone, not Inception; not comparable to published FID.
+    Each slice is resized to 224 x 224, replicated to RGB and normalised as the packaged
+    weights expect ((x - 127) / 128).
+    """
+    model = _lite_backbone()
+    x = _lite_inputs(images_uint8_gray)
+    with torch.no_grad():
+        out = [model.forward_features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    return torch.cat(out).double().numpy()
+
+
+def lite_frechet_distance(real_uint8: np.ndarray, fake_uint8: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to the Lite0 features of two image sets.
+
+    Non-standard: not comparable to published FID (Inception) values; it compares models
+    with each other on the same data. Needs at least two images per side.
+    """
+    return fid_from_features(lite_features(real_uint8), lite_features(fake_uint8))
+
+
+def _lite_stage_maps(x: torch.Tensor) -> list[torch.Tensor]:
+    maps = []
+    for i, layer in enumerate(_lite_backbone().features):
+        x = layer(x)
+        if i in LITE_PERCEPTUAL_STAGES:
+            maps.append(x)
+        if i >= max(LITE_PERCEPTUAL_STAGES):
+            break
+    return maps
+
+
+def lite_perceptual_distances(a_uint8: np.ndarray, b_uint8: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Per-pair LPIPS-like distance on Lite0 feature maps, (N,).
+
+    Non-standard: not comparable to published LPIPS. As LPIPS, at each tapped stage every
+    spatial position's channel vector is scaled to unit length and the squared difference is
+    averaged over positions; unlike LPIPS, stages are averaged with equal weights (no learned
+    linear calibration). 0 for identical images; at most 4 (opposite unit vectors).
+    """
+    xa, xb = _lite_inputs(a_uint8), _lite_inputs(b_uint8)
+    if xa.shape != xb.shape:
+        raise ValueError(f"paired image sets differ in shape: {tuple(xa.shape)} vs {tuple(xb.shape)}")
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(xa), batch_size):
+            per_stage = []
+            for fa, fb in zip(_lite_stage_maps(xa[i : i + batch_size]), _lite_stage_maps(xb[i : i + batch_size])):
+                na = fa / (fa.norm(dim=1, keepdim=True) + 1e-10)
+                nb = fb / (fb.norm(dim=1, keepdim=True) + 1e-10)
+                per_stage.append((na - nb).pow(2).sum(dim=1).mean(dim=(1, 2)))
+            out.append(torch.stack(per_stage).mean(dim=0))
+    return torch.cat(out).double().numpy()
+
+
+def lite_perceptual_distance(a_uint8: np.ndarray, b_uint8: np.ndarray) -> float:
+    """Mean of ``lite_perceptual_distances`` over the pairs (non-standard, not comparable to LPIPS)."""
+    return float(lite_perceptual_distances(a_uint8, b_uint8).mean())
