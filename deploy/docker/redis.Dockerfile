@@ -3,12 +3,18 @@
 # The compose file passes the whole command line (redis-server ...), as it does to the official image.
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
-RUN apt-get update \
+# The same numeric user as the official image (999), made before the package would pick one.
+# The versions are the ones the machine's configured Debian mirror carries: this image exists
+# only where Docker Hub is out of reach, and is rebuilt from that mirror.
+# hadolint ignore=DL3008
+RUN groupadd --system --gid 999 redis \
+    && useradd --system --uid 999 --gid redis --home-dir /var/lib/redis --shell /bin/sh redis \
+    && apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server \
     && rm -rf /var/lib/apt/lists/* \
     && mkdir -p /data && chown redis:redis /data
 WORKDIR /data
-USER redis
+USER 999:999
 EXPOSE 6379
 HEALTHCHECK --interval=5s --timeout=3s --retries=10 CMD ["redis-cli", "ping"]
 CMD ["redis-server", "--bind", "0.0.0.0", "--protected-mode", "no"]
