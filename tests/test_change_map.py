@@ -88,20 +88,25 @@ def test_change_map_png_carries_the_banner_and_the_legend(constructed):
 def test_jacobian_of_a_uniform_expansion_and_its_overlay():
     shape = (64, 64)
     yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
-    grow = np.stack([0.1 * (yy - 32), 0.1 * (xx - 32)])  # x -> 1.1 x in both axes
+    # Output pixel p samples the input at 1.1 p (about the centre): the tissue is shown contracted.
+    grow = np.stack([0.1 * (xx - 32), 0.1 * (yy - 32)])
     np.testing.assert_allclose(cm.jacobian_determinant(grow), 1.21, atol=1e-9)
     np.testing.assert_allclose(cm.jacobian_determinant(-grow), 0.81, atol=1e-9)
     np.testing.assert_allclose(cm.jacobian_determinant(np.zeros((2, *shape))), 1.0)
     mask = _disk(shape, 20)
     d = cm.deformation_numbers(grow, mask)
     assert d["mean_log_jacobian"] == pytest.approx(np.log(1.21))
-    assert d["expansion_fraction"] == 1.0 and d["contraction_fraction"] == 0.0 and d["folding_fraction"] == 0.0
+    assert d["contraction_fraction"] == 1.0 and d["expansion_fraction"] == 0.0 and d["folding_fraction"] == 0.0
+    assert cm.deformation_numbers(-grow, mask)["expansion_fraction"] == 1.0
+    # A pure shear keeps the area: det J is exactly 1.
+    shear = np.stack([0.1 * (yy - 32), np.zeros(shape)])
+    np.testing.assert_allclose(cm.jacobian_determinant(shear), 1.0)
     before = np.where(mask, 120, 0).astype(np.uint8)
     rgb = cm.deformation_overlay(before, grow, mask)
-    assert rgb[32, 32, 0] > rgb[32, 32, 2] + 100, "expansion drawn red"
+    assert rgb[32, 32, 2] > rgb[32, 32, 0] + 100, "contraction drawn cyan"
     assert len(set(rgb[2, 2].astype(int))) == 1, "nothing outside the brain"
     rgb = cm.deformation_overlay(before, -grow, mask)
-    assert rgb[32, 32, 2] > rgb[32, 32, 0] + 100, "contraction drawn cyan"
+    assert rgb[32, 32, 0] > rgb[32, 32, 2] + 100, "expansion drawn red"
     with pytest.raises(ValueError):
         cm.jacobian_determinant(np.zeros((3, 8, 8)))
 
@@ -184,3 +189,20 @@ def test_describe_chain_on_a_phantom_subject_follows_the_truth(phantom_series):
     for d in described:
         assert _decode(d["change_map"]).shape[1] == before.shape[1]
         assert d["deformation_map"] is None and d["deformation"] is None
+
+
+def test_jacobian_follows_the_deformation_generators_convention():
+    """Same field, same determinant as the model library's (x then y, p -> p + d(p))."""
+    torch = pytest.importorskip("torch")
+    from alzprog.models import progression_generator as pg
+
+    if not hasattr(pg, "jacobian_determinant"):
+        pytest.skip("this checkout has no deformation generator")
+    rng = np.random.default_rng(0)
+    from scipy import ndimage as ndi
+
+    field = ndi.gaussian_filter(rng.normal(0, 3, (2, 48, 40)), (0, 4, 4))
+    theirs = pg.jacobian_determinant(torch.from_numpy(field[None]).float())[0, 0].numpy()
+    ours = cm.jacobian_determinant(field)
+    # Interior only: the borders differ (one-sided differences here, replicate padding there).
+    np.testing.assert_allclose(ours[1:-1, 1:-1], theirs[1:-1, 1:-1], atol=1e-5)

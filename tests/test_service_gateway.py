@@ -44,12 +44,13 @@ def backends(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("gw_home")
     art = tmp_path_factory.mktemp("gw_art")
-    seed_cache(home, CLASSIFIER_MODEL_NAME, 1, tiny_classifier_artifact(art / "clf", seed=5))
+    dead_registry = f"http://127.0.0.1:{dead_port()}"
+    seed_cache(home, CLASSIFIER_MODEL_NAME, 1, tiny_classifier_artifact(art / "clf", seed=5), dead_registry)
     for i, (slug, _, _) in enumerate(TRANSITIONS):
-        seed_cache(home, progression_model_name(slug), 1, tiny_generator_artifact(art / slug, seed=i))
+        seed_cache(home, progression_model_name(slug), 1, tiny_generator_artifact(art / slug, seed=i), dead_registry)
     env = {
         "ALZPROG_HOME": str(home),
-        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{dead_port()}",
+        "MLFLOW_TRACKING_URI": dead_registry,
         "CLASSIFIER_RETRY_SECONDS": "0.5",
         "GENERATOR_RETRY_SECONDS": "0.5",
         "CLASSIFIER_MAX_CONCURRENCY": "1",
@@ -176,8 +177,17 @@ def test_progression_from_non_demented_returns_three_synthetic_steps(make_gatewa
     assert [m["name"] for m in out["generator_models"]] == [progression_model_name(t[0]) for t in TRANSITIONS]
     assert out["canonical"].startswith("data:image/png;base64,")
     assert r.headers["cache-control"] == "no-store"
+    # The answer is what the OpenAPI schema says, change maps and measurements included.
+    from services.gateway.schemas import ProgressionResponse
+
+    parsed = ProgressionResponse.model_validate(out)
+    assert parsed.input_morphometry.brain_area_px > 0 and parsed.input_morphometry.pct_change is None
+    for step in parsed.steps:
+        assert step.change_map.startswith("data:image/png;base64,")
+        assert step.change.brain_pixels == parsed.input_morphometry.brain_area_px
+        assert step.morphometry.pct_change is not None and "ventricle_area_px" in step.morphometry.pct_change
     phases = server_timing(r)
-    assert {"upload", "mask", "classifier-infer", "generator-forward", "generator-png", "total"} <= set(phases), phases
+    assert {"upload", "mask", "classifier-infer", "generator-forward", "generator-describe", "generator-png", "total"} <= set(phases), phases
     assert phases["generator-forward"] + phases["generator-png"] <= phases["total"]
     calls = progress_count(backends["generator"].url)
     again = gw.post("/progression", files={"file": ("a.jpg", sample_bytes)}, data={"from_stage": "nd"})

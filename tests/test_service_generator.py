@@ -87,6 +87,15 @@ def test_chain_from_non_demented_gives_three_synthetic_steps(home, gen_artifacts
         gray = pixels if pixels.ndim == 2 else pixels[..., 0]
         assert not np.array_equal(gray, previous)
         previous = gray
+        # What a person reads beside it: the change map (banner + legend under the 256 frame),
+        # its figures and the step's morphometrics against the input's.
+        assert decode_data_url(step["change_map"]).shape[1] == 256
+        assert decode_data_url(step["change_map"]).shape[0] > 256
+        assert 0.0 <= step["change"]["changed_fraction"] <= 1.0
+        assert step["change"]["brain_pixels"] == int(c.mask.sum())
+        assert set(step["morphometry"]["pct_change"]) >= {"brain_area_px", "ventricle_area_px", "ventricle_to_brain"}
+        assert step["deformation"] is None and step["deformation_map"] is None  # not a deformation model
+    assert out["input_morphometry"]["brain_area_px"] == int(c.mask.sum())
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -45,7 +45,10 @@ log = logging.getLogger("gateway")
 NO_STORE = {"Cache-Control": "no-store"}
 # A cached value without these fields is treated as corrupt (a miss), never served.
 PREDICT_FIELDS = ("stage", "stage_index", "probabilities", "confidence", "model")
-PROGRESSION_FIELDS = ("steps", "generator_models")
+PROGRESSION_FIELDS = ("steps", "generator_models", "input_morphometry")
+# Part of the progression cache key: bumped when the shape of a cached chain changes, so an
+# entry written by an older gateway (without the change maps) is never served as complete.
+PROGRESSION_SHAPE = "maps1"
 RESULT_ERRORS = {k: ERROR_RESPONSES[k] for k in (400, 413, 415, 422, 429, 503)}
 
 
@@ -265,7 +268,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         versions = await s.generator_versions.versions()
         known = [versions.get(n) for n in needed]
         tag = "g" + "-".join(str(v) for v in known) if all(known) else None
-        lookup = s.cache.key("progression", sha, tag, f"from{start}") if tag else None
+        lookup = s.cache.key("progression", sha, tag, f"from{start}:{PROGRESSION_SHAPE}") if tag else None
 
         async def call() -> dict[str, Any]:
             with timing.phase("mask"):  # usually started earlier: only the wait shows
@@ -286,13 +289,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         "image": st["image"],
                         "synthetic": True,
                         "model": {"name": st["model"]["name"], "version": str(st["model"]["version"])},
+                        "change_map": st["change_map"],
+                        "change": st["change"],
+                        "morphometry": st["morphometry"],
+                        "deformation_map": st.get("deformation_map"),
+                        "deformation": st.get("deformation"),
                     }
                     for st in data["steps"]
                 ],
                 "generator_models": [{"name": m["name"], "version": str(m["version"])} for m in data["models"]],
+                "input_morphometry": data["input_morphometry"],
             }
             actual = "g" + "-".join(m["version"] for m in result["generator_models"])
-            await s.cache.set(s.cache.key("progression", up.sha256, actual, f"from{start}"), result)
+            await s.cache.set(s.cache.key("progression", up.sha256, actual, f"from{start}:{PROGRESSION_SHAPE}"), result)
             return result
 
         flight_key = lookup or f"progression:{sha}:from{start}:unversioned"

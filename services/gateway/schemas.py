@@ -29,18 +29,75 @@ class PredictResponse(BaseModel):
     canonical: str | None = Field(None, description="the canonical slice the models saw, data:image/png;base64,... (progression, or explain=true)")
 
 
+class ChangeFigures(BaseModel):
+    """The numbers behind a change map, inside the input's brain mask (grey levels of 255)."""
+
+    brain_pixels: int = Field(description="pixels of the input's brain mask (where change is read)")
+    scale_grey_levels: float = Field(description="fixed colour scale: a change of this many grey levels or more is full colour")
+    changed_threshold_grey_levels: float = Field(description="smallest smoothed change that is coloured and counted")
+    smooth_sigma_px: float = Field(description="Gaussian sigma (pixels) the difference is smoothed by before it is thresholded")
+    mean_change: float | None = Field(description="mean signed change (step minus input); negative = darker")
+    mean_abs_change: float | None
+    changed_fraction: float | None = Field(description="share of brain pixels changed by at least the threshold")
+    tissue_loss_fraction: float | None = Field(description="share darker and still tissue (orange)")
+    csf_gain_fraction: float | None = Field(description="share darker and now at CSF intensity (blue)")
+    tissue_gain_fraction: float | None = Field(description="share brighter (green)")
+
+
+class DeformationFigures(BaseModel):
+    """Jacobian determinant of a deformation generator's sampling map, inside the brain."""
+
+    scale_log_jacobian: float = Field(description="|log det J| drawn at full colour")
+    changed_log_jacobian: float = Field(description="smallest |log det J| coloured and counted")
+    mean_log_jacobian: float | None
+    expansion_fraction: float | None = Field(description="share of brain pixels shown expanded (det J < 1)")
+    contraction_fraction: float | None = Field(description="share shown contracted (det J > 1)")
+    folding_fraction: float | None = Field(description="share with det J <= 0 (the field folds)")
+
+
+class Morphometrics(BaseModel):
+    """2-D measurements from the library's own segmentation (alzprog.morphometry), in pixels of
+    the 256 x 256 canonical frame."""
+
+    brain_area_px: int = Field(description="area of the brain mask")
+    csf_area_px: int = Field(description="dark (CSF) pixels inside the eroded brain mask")
+    ventricle_area_px: int = Field(description="CSF deep inside the brain")
+    tissue_area_px: int = Field(description="brain minus CSF: the area atrophy shrinks")
+    ventricle_to_brain: float
+    csf_to_brain: float
+    rim_csf_area_px: int | None = None
+    rim_csf_to_rim: float | None = None
+    rim_intensity: float | None = None
+    rim_contrast: float | None = None
+    deep_intensity: float | None = None
+    brain_compactness: float | None = None
+    frame_area_px: int | None = None
+    pct_change: dict[str, float | None] | None = Field(
+        None, description="% change of the areas and ratios from the input slice (steps only)")
+
+
 class Step(BaseModel):
     stage: str
     stage_index: int
     image: str = Field(description="synthetic slice, marked SYNTHETIC, data:image/png;base64,...")
     synthetic: bool = True
     model: ModelVersion
+    change_map: str = Field(description=(
+        "the input in grey with the change to this step inside the brain: orange tissue loss, blue CSF gain, "
+        "green tissue gain, full colour at scale_grey_levels; SYNTHETIC banner and legend burnt in; data:image/png;base64,..."))
+    change: ChangeFigures
+    morphometry: Morphometrics = Field(description="this step's measurements and their % change from the input")
+    deformation_map: str | None = Field(None, description=(
+        "where the generator predicts a deformation: its expansion (red) and contraction (cyan) over this step's input; "
+        "null otherwise"))
+    deformation: DeformationFigures | None = None
 
 
 class ProgressionResponse(PredictResponse):
     from_stage: str = Field(description="stage the chain started from (the prediction unless from_stage was given)")
     steps: list[Step]
     generator_models: list[ModelVersion]
+    input_morphometry: Morphometrics = Field(description="the measurements of the uploaded (canonical) slice")
 
 
 class BackendCheck(BaseModel):

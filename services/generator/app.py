@@ -171,7 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         mask = await loop.run_in_executor(s.pool, brain_mask, image)
                 t0 = time.perf_counter()
                 overlapped = request.headers.get(OVERLAP_HEADER) == "1"
-                steps = await loop.run_in_executor(
+                steps, input_morphometry = await loop.run_in_executor(
                     s.pool, partial(run_chain, chain, image, mask, timing, overlapped=overlapped, torch_threads=s.torch_threads))
                 metrics.INFERENCE_LATENCY.labels(SERVICE, "chain").observe(time.perf_counter() - t0)
         except ServiceError as exc:
@@ -186,6 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "from_stage": STAGES[start],
                 "from_stage_index": start,
                 "steps": steps,
+                "input_morphometry": input_morphometry,
                 "models": [{"name": served.ref.name, "version": served.version} for _, served in chain],
             },
             headers=timing.as_headers(),

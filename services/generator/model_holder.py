@@ -160,6 +160,18 @@ class GeneratorRuntime:
         with autocast_bf16():
             return self._run_torch(image, mask)
 
+    def displacement(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+        """The pixel displacement field ``(2, H, W)`` (x then y) of this transition, where the model
+        predicts one (a deformation generator served by torch); ``None`` otherwise."""
+        model = self.torch_model
+        if model is None or not hasattr(model, "displacement"):
+            return None
+        import torch
+
+        with self._lock, torch.inference_mode():
+            disp = model.displacement(torch.from_numpy(self._stacked(image, mask)))
+        return disp[0].to(torch.float32).numpy()
+
     def __call__(self, image: np.ndarray, mask: np.ndarray, overlapped: bool = False) -> np.ndarray:
         """One transition. ``overlapped``: other model work shares the machine (ORT: its one-thread
         session; eager PyTorch takes its threads from the chain's :class:`TorchThreads`)."""
@@ -202,15 +214,18 @@ def png_data_url(image: np.ndarray) -> str:
 def run_chain(
     chain: list[tuple[int, Served[GeneratorRuntime]]], image: np.ndarray, mask: np.ndarray,
     timing: ServerTiming | None = None, *, overlapped: bool = False, torch_threads: TorchThreads | None = None,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Apply the transition generators in order; each step feeds the next (same brain mask).
 
     ``chain`` is ``[(target stage index, served generator), ...]``. Returns one step per
-    transition with the synthetic image (marked SYNTHETIC, PNG data URL) and the model version.
+    transition with the synthetic image (marked SYNTHETIC, PNG data URL), the model version and
+    its change map, change figures and morphometrics (:func:`alzprog.change_map.describe_chain`),
+    and the input's morphometrics.
     The forwards run in turn (each needs the previous output); each step's marking and PNG
     encoding starts in the encode pool as soon as its forward ends, beside the next forward
     (Pillow's encoder releases the GIL), so only the last step's encoding waits at the end.
-    ``timing`` gets ``forward`` (all forwards) and ``png`` (the wait for the encodings after).
+    ``timing`` gets ``forward`` (all forwards), ``describe`` (the change maps and measurements)
+    and ``png`` (the wait for the encodings after).
     ``overlapped`` (the caller runs other model work beside this chain) and ``torch_threads``
     (the process's eager-PyTorch thread policy) set the threads per forward.
     """
@@ -218,15 +233,24 @@ def run_chain(
     pool = _encode_pool()
     encodings = []
     current = image
+    outputs, displacements = [], []
     with torch_threads.run(overlapped) if torch_threads is not None else nullcontext():
         for _, served in chain:
+            displacements.append(served.model.displacement(current, mask))
             current = served.model(current, mask, overlapped)
+            outputs.append(current)
             encodings.append(pool.submit(_synthetic_data_url, current))
     t1 = time.perf_counter()
+    # Change maps and measurements of every step against the input (alzprog.change_map).
+    from alzprog.change_map import describe_chain
+
+    input_morphometry, described = describe_chain(image, outputs, mask, displacements)
+    t2 = time.perf_counter()
     images = [f.result() for f in encodings]
     if timing is not None:
         timing.add("forward", t1 - t0)
-        timing.add("png", time.perf_counter() - t1)
+        timing.add("describe", t2 - t1)
+        timing.add("png", time.perf_counter() - t2)
     return [
         {
             "stage": STAGES[target],
@@ -234,9 +258,10 @@ def run_chain(
             "image": url,
             "synthetic": True,
             "model": {"name": served.ref.name, "version": served.version},
+            **about,
         }
-        for (target, served), url in zip(chain, images)
-    ]
+        for (target, served), url, about in zip(chain, images, described)
+    ], input_morphometry
 
 
 def _synthetic_data_url(image: np.ndarray) -> str:

@@ -9,7 +9,10 @@ For one step ``after = G(before)`` (both canonical uint8 slices, the same brain 
   either tissue losing signal (thinning, still tissue after) or new CSF (it ends at CSF
   intensity): they get different colours, as does brightening (tissue gain).
 - :func:`jacobian_determinant` and :func:`deformation_overlay`: for a generator that predicts a
-  displacement field, its local expansion (det J > 1) and contraction (det J < 1).
+  displacement field ``d`` (output pixel ``p`` is the step's input sampled at ``p + d(p)``, the
+  convention of :class:`alzprog.models.progression_generator.DeformGenerator`), the local
+  expansion and contraction of the tissue it shows: det J < 1 means the output draws on a
+  smaller input area, so the tissue there is shown expanded (a widening ventricle).
 - :func:`describe_chain`: all of the above plus the 2-D morphometrics
   (:func:`alzprog.morphometry.measure`) of the input and of every step, with their % change
   from the input: what the services return per step.
@@ -39,7 +42,7 @@ CHANGED_GREY_LEVELS = 8.0
 # The difference is smoothed by a Gaussian of this sigma (pixels) before it is thresholded and
 # classified, so that independent pixel noise is not drawn or counted as change.
 SMOOTH_SIGMA_PX = 1.0
-# Deformation scale: |log det J| of this value (det J of about 1.35 or 0.74) is full colour.
+# Deformation scale: |log det J| of this value is full colour.
 SCALE_LOG_JACOBIAN = 0.3
 # A pixel counts as expanding/contracting from this |log det J| (about 5 %).
 CHANGED_LOG_JACOBIAN = 0.05
@@ -47,8 +50,8 @@ CHANGED_LOG_JACOBIAN = 0.05
 TISSUE_LOSS_RGB = (255, 140, 0)  # orange: darker, still tissue
 CSF_GAIN_RGB = (40, 120, 255)  # blue: darker, now at CSF intensity
 TISSUE_GAIN_RGB = (0, 200, 90)  # green: brighter
-EXPANSION_RGB = (230, 40, 40)  # red: det J > 1
-CONTRACTION_RGB = (40, 200, 230)  # cyan: det J < 1
+EXPANSION_RGB = (230, 40, 40)  # red: det J < 1, the tissue shown expanded
+CONTRACTION_RGB = (40, 200, 230)  # cyan: det J > 1, the tissue shown contracted
 
 LEGEND = {
     "tissue_loss": {"rgb": TISSUE_LOSS_RGB, "meaning": "darker, still tissue (tissue loss)"},
@@ -56,8 +59,8 @@ LEGEND = {
     "tissue_gain": {"rgb": TISSUE_GAIN_RGB, "meaning": "brighter (tissue gain)"},
 }
 DEFORMATION_LEGEND = {
-    "expansion": {"rgb": EXPANSION_RGB, "meaning": "local expansion (Jacobian determinant > 1)"},
-    "contraction": {"rgb": CONTRACTION_RGB, "meaning": "local contraction (Jacobian determinant < 1)"},
+    "expansion": {"rgb": EXPANSION_RGB, "meaning": "tissue shown expanded (Jacobian determinant of the sampling map < 1)"},
+    "contraction": {"rgb": CONTRACTION_RGB, "meaning": "tissue shown contracted (Jacobian determinant > 1)"},
 }
 
 
@@ -153,18 +156,19 @@ def change_overlay(before: np.ndarray, after: np.ndarray, mask: np.ndarray) -> n
 
 
 def jacobian_determinant(displacement: np.ndarray) -> np.ndarray:
-    """det(I + grad u) of a displacement field ``u`` shaped (2, H, W): (dy, dx) in pixels."""
-    u = np.asarray(displacement, dtype=np.float64)
-    if u.ndim != 3 or u.shape[0] != 2:
-        raise ValueError(f"displacement must be (2, H, W), got {u.shape}")
-    duy_dy, duy_dx = np.gradient(u[0])
-    dux_dy, dux_dx = np.gradient(u[1])
-    return (1.0 + duy_dy) * (1.0 + dux_dx) - duy_dx * dux_dy
+    """det(I + grad d) of the sampling map ``p -> p + d(p)``; ``d`` shaped (2, H, W) in pixels,
+    channel 0 along x, channel 1 along y."""
+    d = np.asarray(displacement, dtype=np.float64)
+    if d.ndim != 3 or d.shape[0] != 2:
+        raise ValueError(f"displacement must be (2, H, W), got {d.shape}")
+    dx_dy, dx_dx = np.gradient(d[0])
+    dy_dy, dy_dx = np.gradient(d[1])
+    return (1.0 + dx_dx) * (1.0 + dy_dy) - dx_dy * dy_dx
 
 
 def deformation_numbers(displacement: np.ndarray, mask: np.ndarray) -> dict[str, float | None]:
-    """Inside the brain: mean log det J, the shares expanding and contracting by more than
-    :data:`CHANGED_LOG_JACOBIAN`, and the share folding (det J <= 0)."""
+    """Inside the brain: mean log det J, the shares shown expanded (log det J <= -
+    :data:`CHANGED_LOG_JACOBIAN`) and contracted (>= it), and the share folding (det J <= 0)."""
     jac = jacobian_determinant(displacement)
     m = np.asarray(mask, dtype=bool)
     if jac.shape != m.shape:
@@ -177,15 +181,16 @@ def deformation_numbers(displacement: np.ndarray, mask: np.ndarray) -> dict[str,
     logj = np.log(np.clip(j, 1e-6, None))
     out.update(
         mean_log_jacobian=float(logj.mean()),
-        expansion_fraction=float((logj >= CHANGED_LOG_JACOBIAN).mean()),
-        contraction_fraction=float((logj <= -CHANGED_LOG_JACOBIAN).mean()),
+        expansion_fraction=float((logj <= -CHANGED_LOG_JACOBIAN).mean()),
+        contraction_fraction=float((logj >= CHANGED_LOG_JACOBIAN).mean()),
         folding_fraction=float((j <= 0).mean()),
     )
     return out
 
 
 def deformation_overlay(before: np.ndarray, displacement: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """RGB uint8 picture: ``before`` in grey, expansion red and contraction cyan inside the brain."""
+    """RGB uint8 picture: ``before`` (the step's input) in grey, the tissue shown expanded red and
+    contracted cyan, inside the brain."""
     b = np.asarray(before, dtype=np.float32)
     m = np.asarray(mask, dtype=bool)
     logj = np.log(np.clip(jacobian_determinant(displacement), 1e-6, None))
@@ -193,8 +198,8 @@ def deformation_overlay(before: np.ndarray, displacement: np.ndarray, mask: np.n
         raise ValueError(f"before {b.shape}, displacement {logj.shape} and mask {m.shape} differ")
     rgb = _grey_rgb(b)
     strength = 0.35 + 0.65 * np.clip((np.abs(logj) - CHANGED_LOG_JACOBIAN) / (SCALE_LOG_JACOBIAN - CHANGED_LOG_JACOBIAN), 0.0, 1.0)
-    _paint(rgb, m & (logj >= CHANGED_LOG_JACOBIAN), strength, EXPANSION_RGB)
-    _paint(rgb, m & (logj <= -CHANGED_LOG_JACOBIAN), strength, CONTRACTION_RGB)
+    _paint(rgb, m & (logj <= -CHANGED_LOG_JACOBIAN), strength, EXPANSION_RGB)
+    _paint(rgb, m & (logj >= CHANGED_LOG_JACOBIAN), strength, CONTRACTION_RGB)
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
 
@@ -270,8 +275,9 @@ def describe_chain(
 
     Each step's entry: ``change_map`` (PNG data URL), ``change`` (:func:`change_numbers`),
     ``morphometry`` (:func:`morphometry_dict` of the step, with % change from the input) and,
-    where a displacement is given for it, ``deformation_map`` and ``deformation``. Every step is
-    compared with the input ``before``, not with the previous step. The change is read inside
+    where a displacement is given for it, ``deformation_map`` and ``deformation``. Change and
+    morphometry compare every step with the input ``before``; a displacement belongs to its own
+    transition, so its map is drawn over that step's input (the previous step). The change is read inside
     the input's brain mask (where the generators act); each step's morphometry uses its own
     brain mask (:func:`alzprog.preprocessing.brain_mask`) and the input's CSF threshold, so a
     shrinking brain shows and a contrast drift is not read as anatomy.
@@ -285,7 +291,8 @@ def describe_chain(
     threshold = csf_threshold(b8, m)
     displacements = displacements or [None] * len(steps)
     out = []
-    for after, disp in zip(steps, displacements):
+    step_inputs = [b8] + [np.asarray(s, dtype=np.uint8) for s in steps[:-1]]
+    for after, disp, step_input in zip(steps, displacements, step_inputs):
         a8 = np.asarray(after, dtype=np.uint8)
         entry: dict[str, Any] = {
             "change_map": change_map_png(b8, a8, m),
@@ -295,7 +302,7 @@ def describe_chain(
             "deformation": None,
         }
         if disp is not None:
-            entry["deformation_map"] = deformation_map_png(b8, disp, m)
+            entry["deformation_map"] = deformation_map_png(step_input, disp, m)
             entry["deformation"] = deformation_numbers(disp, m)
         out.append(entry)
     return morphometry_dict(reference), out
