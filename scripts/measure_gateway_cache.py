@@ -105,11 +105,13 @@ def main() -> int:
     try:
         from alzprog.constants import CLASSIFIER_MODEL_NAME
 
-        target = work / "home" / "model-cache" / CLASSIFIER_MODEL_NAME / "1"
-        target.parent.mkdir(parents=True)
-        shutil.copytree(classifier_artifact(work / "clf", args.arch), target)
+        from alzprog.registry import store_in_cache
+
         cport, gport = free_port(), free_port()
         dead = f"http://127.0.0.1:{free_port()}"
+        # The cache is keyed by registry: seed it for the (dead) registry URI the classifier uses.
+        os.environ["ALZPROG_HOME"] = str(work / "home")
+        store_in_cache(classifier_artifact(work / "clf", args.arch), CLASSIFIER_MODEL_NAME, 1, uri=dead)
         procs.append(start("services.classifier", {
             "ALZPROG_HOME": str(work / "home"), "MLFLOW_TRACKING_URI": dead, "CLASSIFIER_PORT": str(cport),
             "CLASSIFIER_LOG_LEVEL": "WARNING", "CLASSIFIER_POLL_SECONDS": "600"}, work / "classifier.log"))

@@ -78,13 +78,26 @@ def make_precision_sensitive(model) -> None:  # noqa: ANN001 - a lite generator
         head.weight[0, -2, 1, 2] = -250.0
 
 
-def seed_cache(home: Path, name: str, version: str | int, artifact: Path) -> Path:
-    """Place an artifact in ``<home>/model-cache/<name>/<version>`` as the registry would."""
-    target = home / "model-cache" / name / str(version)
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(artifact, target)
-    return target
+def seed_cache(home: Path, name: str, version: str | int, artifact: Path, tracking_uri: str | None = None) -> Path:
+    """Place an artifact in ``home``'s model cache as the version last resolved for ``name@champion``
+    on registry ``tracking_uri`` (default ``$MLFLOW_TRACKING_URI``); return the cached folder.
+
+    The cache is keyed by registry, so a service only serves it offline with that same URI.
+    """
+    from alzprog.registry import store_in_cache
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise ValueError("seed_cache needs the registry URI the service will use (tracking_uri or $MLFLOW_TRACKING_URI)")
+    old = os.environ.get("ALZPROG_HOME")
+    os.environ["ALZPROG_HOME"] = str(home)
+    try:
+        return store_in_cache(artifact, name, version, uri=uri)
+    finally:
+        if old is None:
+            os.environ.pop("ALZPROG_HOME", None)
+        else:
+            os.environ["ALZPROG_HOME"] = old
 
 
 def dead_port() -> int:

@@ -57,7 +57,8 @@ def test_register_resolve_and_champion_rule(mlflow_server, model_dir):
 
     resolved = registry.resolve_model(f"models:/{name}@champion")
     assert resolved.version == "3"
-    assert resolved.local_dir == registry.cache_root() / name / "3"
+    assert resolved.local_dir.is_relative_to(registry.cache_root() / registry.CACHE_LAYOUT / registry.registry_key())
+    assert resolved.run_id == registry.client().get_model_version(name, "3").run_id
     assert resolved.config["kind"] == "stage_classifier"
     load_artifact(resolved.local_dir)
     mtime = (resolved.local_dir / "model.safetensors").stat().st_mtime_ns

@@ -43,10 +43,11 @@ def classifier(tmp_path_factory):
     from conftest import free_port
 
     home = tmp_path_factory.mktemp("relf_home")
-    seed_cache(home, CLASSIFIER_MODEL_NAME, 1, tiny_classifier_artifact(tmp_path_factory.mktemp("relf_art") / "clf", seed=21))
+    dead_registry = f"http://127.0.0.1:{dead_port()}"
+    seed_cache(home, CLASSIFIER_MODEL_NAME, 1, tiny_classifier_artifact(tmp_path_factory.mktemp("relf_art") / "clf", seed=21), dead_registry)
     env = {
         "ALZPROG_HOME": str(home),
-        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{dead_port()}",
+        "MLFLOW_TRACKING_URI": dead_registry,
         "CLASSIFIER_RETRY_SECONDS": "0.5",
         "CLASSIFIER_MAX_CONCURRENCY": "1",
         "CLASSIFIER_MAX_QUEUE": str(CLASSIFIER_QUEUE),

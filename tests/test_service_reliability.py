@@ -55,10 +55,11 @@ def test_admission_limiter_refuses_at_once_when_queue_is_full():
 def classifier_env(tmp_path_factory) -> dict[str, str]:
     home = tmp_path_factory.mktemp("rel_home")
     art = tiny_classifier_artifact(tmp_path_factory.mktemp("rel_art") / "clf", seed=9)
-    seed_cache(home, CLASSIFIER_MODEL_NAME, 1, art)
+    dead_registry = f"http://127.0.0.1:{dead_port()}"
+    seed_cache(home, CLASSIFIER_MODEL_NAME, 1, art, dead_registry)
     return {
         "ALZPROG_HOME": str(home),
-        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{dead_port()}",
+        "MLFLOW_TRACKING_URI": dead_registry,
         "CLASSIFIER_RETRY_SECONDS": "0.5",
         "CLASSIFIER_MAX_CONCURRENCY": "1",
     }

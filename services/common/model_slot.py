@@ -7,8 +7,9 @@ A request reads ``slot.current`` once and keeps using that object, so a swap nev
 mixes requests.
 
 Failure policy (issue #6):
-- MLflow down at start: serve the newest cached version whose digests verify; without one
-  the slot stays empty (service not ready) and the watcher keeps retrying.
+- MLflow down at start: serve the version last resolved for this alias on the same registry
+  URI, if its digests still verify (``alzprog.registry.cached_versions``); without it the slot
+  stays empty (service not ready) and the watcher keeps retrying.
 - MLflow down while serving: keep serving; retry at the next poll.
 - A new version that fails its digest, is a pickle, or fails to load: refused, logged, the
   last good model keeps serving.
@@ -61,13 +62,14 @@ def resolve_alias(name: str, alias: str) -> ModelRef:
     return ModelRef(name=r.name, version=str(r.version), local_dir=Path(r.local_dir), config=dict(r.config))
 
 
-def cached_refs(name: str) -> list[ModelRef]:
-    """Digest-verified cached versions of ``name``, newest first (used when MLflow is down)."""
+def cached_refs(name: str, alias: str) -> list[ModelRef]:
+    """The cached version last resolved for ``name@alias`` on this registry, if it still verifies
+    (used when MLflow is down)."""
     from alzprog.registry import cached_versions
 
     return [
         ModelRef(name=name, version=str(r.version), local_dir=Path(r.local_dir), config=dict(r.config), source="cache")
-        for r in cached_versions(name)
+        for r in cached_versions(name, alias)
     ]
 
 
@@ -160,7 +162,7 @@ class ModelSlot(Generic[T]):
 
     def _fallback_to_cache(self, exclude: str | None = None) -> bool:
         try:
-            refs = [r for r in cached_refs(self.name) if r.version != exclude]
+            refs = [r for r in cached_refs(self.name, self.alias) if r.version != exclude]
         except Exception as exc:  # noqa: BLE001
             log.warning("model cache unreadable", extra={"model": self.name, "error": type(exc).__name__})
             return False
