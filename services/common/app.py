@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from services.common import metrics
 from services.common.errors import install_error_handlers
@@ -34,17 +37,20 @@ def build_app(
     docs: bool = True,
     pre_body_middleware: list[tuple[Any, dict[str, Any]]] | None = None,
 ) -> FastAPI:
-    """A FastAPI app with JSON errors, the body limit, request ids + JSON access log, metrics."""
+    """A FastAPI app with JSON errors, the body limit, request ids + JSON access log, metrics,
+    and (``docs``) the OpenAPI schema with a Swagger UI ``/docs`` that needs no internet."""
     app = FastAPI(
         title=title,
         description=description,
         version=version,
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
+        docs_url=None,  # FastAPI's own page loads Swagger UI from a CDN: install_offline_docs serves it
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
         form_limits=form_limits,
     )
+    if docs:
+        install_offline_docs(app)
     install_error_handlers(app)
     # Added last = outermost: the request id exists before the body limit can answer.
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
@@ -54,6 +60,35 @@ def build_app(
     app.add_middleware(RequestContextMiddleware, service=service, on_response=metrics.observer(service))
     metrics.add_metrics_route(app)
     return app
+
+
+DOCS_URL = "/docs"
+DOCS_ASSETS_URL = "/docs/assets"
+# Swagger UI's files, vendored from swagger-ui-dist (licence and provenance in its README.md).
+DOCS_ASSETS_DIR = Path(__file__).resolve().parent / "static" / "swagger-ui"
+
+
+def install_offline_docs(app: FastAPI) -> None:
+    """Serve Swagger UI at ``/docs`` from the files in :data:`DOCS_ASSETS_DIR`, never a CDN.
+
+    Hospital networks are often without internet, where FastAPI's default page stays blank. The
+    page also turns off Swagger UI's online validator badge, the one other outside request it
+    would make for a schema not served from localhost.
+    """
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS_DIR), name="docs-assets")
+
+    @app.get(DOCS_URL, include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        # Behind a proxy that strips a prefix, every URL of the page needs that prefix back.
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - API docs",
+            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},
+        )
 
 
 def model_readiness(body: dict[str, Any], infos: list[dict[str, Any]], retry_s: float) -> JSONResponse:
