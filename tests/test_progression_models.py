@@ -38,6 +38,7 @@ def _batch(n: int = 2, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     ("default", {"base_channels": 8, "depth": 2}),
     ("default", {"arch": "lite", "base_channels": 4, "depth": 4}),
     ("default", {"arch": "unet", "base_channels": 4, "depth": 3}),
+    ("default", {"arch": "deform", "base_channels": 4, "depth": 2, "norm": "none"}),
 ])
 def test_generator_shapes_and_range(variant: str, kw: dict) -> None:
     model = build_model(generator_config(variant, **kw)).eval()
@@ -62,9 +63,10 @@ def test_dcgan_ignores_mask_and_is_unconditional() -> None:
     assert torch.equal(disc(x, x, m), disc(other_source, x, m))
 
 
-@pytest.mark.parametrize("arch", ["lite", "unet"])
+@pytest.mark.parametrize("arch", ["lite", "unet", "deform"])
 def test_default_generator_starts_as_identity_and_changes_only_the_brain(arch: str) -> None:
-    gen = build_model(generator_config("default", arch=arch, base_channels=4)).eval()
+    depth = {"deform": 2}.get(arch, 4)  # deform's depth counts levels below 1/8 of the frame
+    gen = build_model(generator_config("default", arch=arch, base_channels=4, depth=depth)).eval()
     x, m = _batch()
     assert torch.equal(gen(x, m), x)  # zero-initialised change head
     with torch.no_grad():
@@ -197,10 +199,10 @@ def test_lite_generator_costs_half_the_dcgan_and_a_third_of_the_first_unet() -> 
     assert lite <= 0.5 * dcgan and lite <= 0.35 * unet, (lite, dcgan, unet)
 
 
-@pytest.mark.parametrize("arch", ["lite", "unet"])
+@pytest.mark.parametrize("arch", ["lite", "unet", "deform"])
 def test_norm_none_generator_has_no_running_statistics(arch: str) -> None:
     """Crop-trained ``norm: none`` U-Nets behave the same in train and eval mode (no BN state)."""
-    gen = build_model(generator_config("default", arch=arch, base_channels=4, norm="none"))
+    gen = build_model(generator_config("default", arch=arch, base_channels=4, depth={"deform": 2}.get(arch, 4), norm="none"))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in gen.modules())
     with torch.no_grad():
         torch.nn.init.normal_(gen.head.weight, 0, 0.1)
@@ -224,3 +226,97 @@ def test_progress_cli_fails_cleanly(tmp_path: Path, monkeypatch, oasis_sample_fi
     assert main(["progress", image, "--out", str(out), "--from-stage", "nd"]) == 2
     assert "no alias 'champion'" in capsys.readouterr().err
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- deform
+
+
+def _deform(**kw) -> torch.nn.Module:
+    return build_model(generator_config("default", arch="deform", base_channels=4, depth=2, norm="none", **kw)).eval()
+
+
+def test_deform_displacement_is_in_pixels_and_moves_the_image() -> None:
+    """A constant head bias of atanh(1/max_disp) along x is a displacement of one pixel: the
+    output inside the brain is the input shifted by one column; the Jacobian of a shift is 1."""
+    gen = _deform(max_disp=4.0, max_residual=0.1)
+    x, m = _batch(size=64)
+    with torch.no_grad():
+        gen.head.bias.copy_(torch.tensor([float(np.arctanh(0.25)), 0.0, 0.0]))
+        d = gen.displacement(x, m)
+        y = gen(x, m)
+        jac = gen.jacobian(x, m)
+    assert d.shape == (2, 2, 64, 64)
+    assert torch.allclose(d[:, 0], torch.ones_like(d[:, 0]), atol=1e-5) and float(d[:, 1].abs().max()) < 1e-6
+    inside = m[0, 0].bool()
+    inside[:, -1] = False  # the last column samples the frame's border
+    assert torch.allclose(y[0, 0][inside], x[0, 0, :, 1:][inside[:, :-1]], atol=1e-5)
+    assert torch.equal(y[m == 0], x[m == 0])
+    assert torch.allclose(jac, torch.ones_like(jac), atol=1e-5)
+    # The stacked (ONNX) form gives the same displacement.
+    assert torch.allclose(gen.displacement(stack_input(x, m)), d)
+
+
+def test_deform_jacobian_sees_expansion_and_contraction() -> None:
+    from alzprog.models.progression_generator import jacobian_determinant
+
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    # d(p) = -0.1 (p - c): each output pixel draws from nearer the centre, the centre is shown expanded.
+    d = torch.stack([-0.1 * (xx - 16), -0.1 * (yy - 16)])[None]
+    jac = jacobian_determinant(d)
+    assert torch.allclose(jac[..., 4:-4, 4:-4], torch.full_like(jac[..., 4:-4, 4:-4], 0.81), atol=1e-5)
+    assert float(jacobian_determinant(-d)[..., 4:-4, 4:-4].mean()) == pytest.approx(1.21, abs=1e-5)
+
+
+def test_deform_bounds_hold() -> None:
+    gen = _deform(max_disp=2.0, max_residual=0.05)
+    x, m = _batch(size=64)
+    with torch.no_grad():
+        torch.nn.init.normal_(gen.head.weight, 0, 5.0)
+        gen.head.bias.fill_(10.0)
+        d, r = gen.fields(x, m)
+    assert float(d.abs().max()) <= 2.0 + 1e-6 and float(r.abs().max()) <= 0.05 + 1e-6
+
+
+def test_deform_onnx_export_matches_torch(tmp_path: Path) -> None:
+    """grid_sample exports at the artifacts' opset and ONNX Runtime agrees with PyTorch."""
+    from alzprog.artifacts import load_artifact, save_artifact
+
+    cfg = generator_config("default", arch="deform", base_channels=4, depth=2, norm="none")
+    gen = build_model(cfg).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(gen.head.weight, 0, 0.2)
+    x, m = _batch(n=1, size=256)
+    save_artifact(tmp_path / "model", gen, cfg, stack_input(x, m), onnx_atol=1e-4)
+    assert (tmp_path / "model" / "model.onnx").is_file()
+    again = load_artifact(tmp_path / "model").model.eval()
+    with torch.no_grad():
+        assert torch.equal(again(x, m), gen(x, m))
+
+
+def test_deform_training_moves_it_off_the_identity() -> None:
+    """A few steps of the trainer's gan_step on a pair whose true future is the input shifted
+    make the zero-initialised deform generator displace, smoothly, in the right direction."""
+    from alzprog.training.progression import gan_step
+
+    torch.manual_seed(0)
+    cfg = generator_config("default", arch="deform", base_channels=4, depth=2, norm="none", max_disp=4.0, roi=True, disc_channels=8)
+    gen, disc = build_model(cfg), build_discriminator(cfg)
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    blob = lambda cx: torch.exp(-(((xx - cx) / 6) ** 2 + ((yy - 32) / 6) ** 2))  # noqa: E731
+    x = (blob(30.0) * 1.6 - 0.8)[None, None].repeat(4, 1, 1, 1)
+    y = (blob(32.0) * 1.6 - 0.8)[None, None].repeat(4, 1, 1, 1)  # the blob moved 2 px to the right
+    m = torch.ones_like(x)
+    opt_g, opt_d = torch.optim.Adam(gen.parameters(), 2e-3), torch.optim.Adam(disc.parameters(), 2e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    before = masked_l1(gen(x, m), y, m).item()
+    for _ in range(40):
+        parts = gan_step(gen, disc, opt_g, opt_d, scaler, x, m, y, m, paired=True, roi=True, lambda_adv=0.1, lambda_l1=100.0,
+                         lambda_id=0.0, device=torch.device("cpu"), use_amp=False, recon_sigma=1.0, lambda_smooth=1.0)
+    assert "g_smooth" in parts
+    gen.eval()
+    with torch.no_grad():
+        after = masked_l1(gen(x, m), y, m).item()
+        d = gen.displacement(x, m)
+    assert after < 0.7 * before, (before, after)
+    # Output at p samples the input at p + d: the blob moved right, so d points left at the blob.
+    assert float(d[:, 0, 26:38, 26:38].mean()) < -0.3

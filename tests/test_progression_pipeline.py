@@ -166,6 +166,15 @@ def test_evaluate_progression_report(trained: dict, tiny_split: Path, tmp_path: 
     assert report["vmd-md"]["dcgan"]["ssim_brain"] is None and "dcgan" in report["vmd-md"]["dcgan"]["unavailable"]
     assert report["chain"]["dcgan"]["ssim_brain"] is None
     assert report["nd-vmd"]["standard_networks"]["lpips"].get("value") is not None or report["nd-vmd"]["standard_networks"]["lpips"]["unavailable"]
+    # Change fidelity: identity's zero change scores 0 and 0, the truth scores itself 1.
+    for key in ("nd-vmd", "vmd-md", "md-mod", "chain"):
+        fid = report[key]["change_fidelity"]
+        assert fid["identity"]["change_corr"] == 0.0
+        assert fid["identity"]["growth_ratio"] == 0.0 or np.isnan(fid["identity"]["growth_ratio"])  # NaN: no true growth
+        assert fid["truth"]["change_corr"] == pytest.approx(1.0)
+        assert report[key]["model"]["change_corr"] == fid["model"]["change_corr"]
+        assert -1.0 <= fid["model"]["change_corr"] <= 1.0
+    assert "Change fidelity" in (out / "report.md").read_text()
     # The phantom's truth: ventricles grow along every true chain.
     assert report["chain"]["ventricle_monotonic_share_all"]["truth"] >= 0.5
     # Identity baseline recomputed independently from the test pairs.

@@ -648,8 +648,10 @@ def roi_ablation(
         pred = generate(model, s_img, s_mask, dev)
         m = im.summarize(im.pixel_metrics(pred, t_img, s_mask | t_mask))
         nets = optional_networks(pred, t_img)
+        fid = change_fidelity(s_img, pred, t_img, s_mask, s_mask | t_mask)
         rows[label] = {
             **{k: m[k] for k in ("mse", "psnr", "ssim", "mse_brain", "psnr_brain", "ssim_brain")},
+            **{k: fid[k] for k in CHANGE_KEYS},
             "lpips": nets["lpips"], "inception_fid": nets["inception_fid"],
             "domain_fid": domain_fid(classifier, reason, t_img, pred),
             "run_id": res.run_id, "train_seconds": res.seconds,
@@ -670,14 +672,21 @@ def roi_ablation(
     )
     result = {"transition": transition, "n_pairs": int(len(p)), "budget": {k: cfg.get(k) for k in ("epochs", "samples_per_epoch", "batch_size", "crop_size", "max_steps")},
               "rows": rows, "roi_better": better, "statement": statement}
+    ident_m = im.summarize(im.pixel_metrics(s_img, t_img, s_mask | t_mask))
+    ident_fid = change_fidelity(s_img, s_img, t_img, s_mask, s_mask | t_mask)
+    result["identity"] = {**{k: ident_m[k] for k in ("mse", "psnr", "ssim", "mse_brain", "psnr_brain", "ssim_brain")},
+                          **{k: ident_fid[k] for k in CHANGE_KEYS}}
     (out / "roi_ablation.json").write_text(json.dumps(result, indent=2, default=_json))
-    md = ["| | MSE | PSNR | SSIM | MSE brain | PSNR brain | SSIM brain | LPIPS | FID (Inception) | domain FID |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for label, r in rows.items():
-        def opt(d: dict[str, Any] | None) -> str:
-            return "n/a" if not d or d.get("value") is None else f"{d['value']:.3f}"
+    md = ["| | MSE | PSNR | SSIM | MSE brain | PSNR brain | SSIM brain | change corr | growth ratio | growth ratio (median) "
+          "| LPIPS | FID (Inception) | domain FID |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
+    def opt(d: dict[str, Any] | None) -> str:
+        return "n/a" if not d or d.get("value") is None else f"{d['value']:.3f}"
+
+    for label, r in [*rows.items(), ("identity", result["identity"])]:
         md.append(f"| {label} | {r['mse']:.5f} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['mse_brain']:.5f} | {r['psnr_brain']:.2f} | "
-                  f"{r['ssim_brain']:.4f} | {opt(r['lpips'])} | {opt(r['inception_fid'])} | {opt(r['domain_fid'])} |")
+                  f"{r['ssim_brain']:.4f} | {r['change_corr']:.3f} | {r['growth_ratio']:.3f} | {r['growth_ratio_median']:.3f} | "
+                  f"{opt(r.get('lpips'))} | {opt(r.get('inception_fid'))} | {opt(r.get('domain_fid'))} |")
     md.append("")
     md.append(statement)
     for name in ("lpips", "inception_fid"):
@@ -689,7 +698,8 @@ def roi_ablation(
     mlflow.set_experiment(experiment_id=registry.ensure_experiment(PROGRESSION_EXPERIMENT))
     with mlflow.start_run(run_name=f"roi-ablation-{transition}"):
         mlflow.set_tags({"kind": "roi_ablation", "transition": transition})
-        mlflow.log_metrics({f"{'roi' if 'with' in k else 'no_roi'}.{m}": v[m] for k, v in rows.items() for m in ("mse", "psnr", "ssim", "mse_brain", "psnr_brain", "ssim_brain")})
+        mlflow.log_metrics({f"{'roi' if 'with' in k else 'no_roi'}.{m}": v[m] for k, v in rows.items()
+                            for m in ("mse", "psnr", "ssim", "mse_brain", "psnr_brain", "ssim_brain", *CHANGE_KEYS) if np.isfinite(v[m])})
         mlflow.log_artifact(str(out / "roi_ablation.json"))
         mlflow.log_artifact(str(out / "roi_ablation.md"))
     return result
