@@ -154,6 +154,30 @@ def test_page_uploads_a_real_oasis_slice_and_shows_stage_bars_gradcam_and_strip(
             assert img.evaluate("e => e.complete && e.naturalWidth") > 0
         assert "not for diagnosis" in page.inner_text("#progression").lower()
         assert page.is_hidden("#error")
+
+        # Change maps: one per step, the API's own PNG, with the legend and the stated scale.
+        assert page.is_visible("#changes")
+        maps = page.locator("#change-strip li")
+        assert maps.count() == len(steps)
+        for i, step in enumerate(steps):
+            img = maps.nth(i).locator("img").first
+            assert img.get_attribute("src") == step["change_map"]
+            assert img.evaluate("e => e.complete && e.naturalWidth") > 0
+            assert step["stage"] in maps.nth(i).inner_text()
+        legend = page.inner_text("#change-legend")
+        assert "tissue loss" in legend and "CSF gain" in legend
+        assert f"{steps[0]['change']['scale_grey_levels']:g} grey levels" in legend
+        # The measurements table: the upload, then each step, with the % change from the upload.
+        header = page.locator("#morpho-table thead th").all_inner_texts()
+        assert header[1] == "Upload" and len(header) == 2 + len(steps)
+        vent = page.locator("#morpho-table tr[data-measure='ventricle_area_px'] td").all_inner_texts()
+        assert vent[0] == str(progression["input_morphometry"]["ventricle_area_px"])
+        for text, step in zip(vent[1:], steps):
+            assert text.startswith(str(step["morphometry"]["ventricle_area_px"]))
+            pct = step["morphometry"]["pct_change"]["ventricle_area_px"]
+            if pct is not None:
+                assert f"{abs(pct):.1f}%" in text
+        page.locator("#changes").screenshot(path=str(ARTIFACTS / "page_changes.png"))
         page.screenshot(path=str(ARTIFACTS / "page_desktop.png"), full_page=True)
         assert watch.problems == [], watch.problems
     finally:

@@ -41,6 +41,11 @@
     progressionNote: $("progression-note"),
     strip: $("strip"),
     generatorMeta: $("generator-meta"),
+    changes: $("changes"),
+    changeStrip: $("change-strip"),
+    changeScale: $("change-scale"),
+    morphoHead: document.querySelector("#morpho-table thead"),
+    morphoBody: document.querySelector("#morpho-table tbody"),
   };
 
   let currentFile = null;
@@ -292,7 +297,100 @@
       .filter(Boolean)
       .join(", ");
     el.generatorMeta.textContent = genText ? "Generators: " + genText : "";
+    renderChanges(data, steps);
     el.progression.hidden = false;
+  }
+
+  // Rows of the measurements table: field, label, how a value is written.
+  const MEASURES = [
+    ["brain_area_px", "Brain area (px)", (v) => String(Math.round(v))],
+    ["tissue_area_px", "Tissue: brain minus CSF (px)", (v) => String(Math.round(v))],
+    ["csf_area_px", "CSF area (px)", (v) => String(Math.round(v))],
+    ["ventricle_area_px", "Ventricle area (px)", (v) => String(Math.round(v))],
+    ["ventricle_to_brain", "Ventricle / brain", (v) => (100 * v).toFixed(2) + "%"],
+  ];
+
+  function signedPercent(v) {
+    if (typeof v !== "number" || !isFinite(v)) return "";
+    return (v > 0 ? "+" : v < 0 ? "−" : "±") + Math.abs(v).toFixed(1) + "%";
+  }
+
+  function cell(tag, text, className) {
+    const c = document.createElement(tag);
+    c.textContent = text;
+    if (className) c.className = className;
+    return c;
+  }
+
+  function changeItem(step) {
+    const li = document.createElement("li");
+    li.className = "strip-item is-synthetic";
+    const fig = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = step.change_map;
+    img.alt = "Change map of the synthesized " + (step.stage || "stage") + " against the upload (synthetic, not for diagnosis)";
+    fig.appendChild(img);
+    const cap = document.createElement("figcaption");
+    cap.appendChild(cell("span", step.stage || "", "strip-stage"));
+    const c = step.change || {};
+    if (typeof c.changed_fraction === "number") {
+      cap.appendChild(cell("span",
+        formatPercent(c.changed_fraction) + " of the brain changed; mean " +
+          (c.mean_change >= 0 ? "+" : "−") + Math.abs(c.mean_change).toFixed(1) + " grey levels",
+        "change-figures"));
+    }
+    fig.appendChild(cap);
+    if (isDataPng(step.deformation_map)) {
+      const def = document.createElement("img");
+      def.src = step.deformation_map;
+      def.alt = "Deformation of the " + (step.stage || "stage") + " step: red expanded, cyan contracted (synthetic)";
+      def.className = "deformation-map";
+      fig.appendChild(def);
+      const d = step.deformation || {};
+      const text = "Deformation: " + formatPercent(d.expansion_fraction) + " expanded (red), " +
+        formatPercent(d.contraction_fraction) + " contracted (cyan)";
+      fig.appendChild(cell("span", text, "change-figures"));
+    }
+    li.appendChild(fig);
+    return li;
+  }
+
+  function renderChanges(data, steps) {
+    el.changeStrip.replaceChildren();
+    const shown = steps.filter((s) => isDataPng(s.change_map));
+    const base = data.input_morphometry;
+    if (shown.length === 0 || !base) {
+      el.changes.hidden = true;
+      return;
+    }
+    const c = shown[0].change || {};
+    el.changeScale.textContent =
+      "Fixed scale: full colour at a change of " + c.scale_grey_levels + " grey levels (of 255) or more; " +
+      "changes under " + c.changed_threshold_grey_levels + " are not coloured.";
+    for (const step of shown) el.changeStrip.appendChild(changeItem(step));
+
+    const head = document.createElement("tr");
+    head.appendChild(cell("th", "Measure"));
+    head.appendChild(cell("th", "Upload"));
+    for (const step of shown) head.appendChild(cell("th", (step.stage || "") + " (synthetic)"));
+    el.morphoHead.replaceChildren(head);
+    el.morphoBody.replaceChildren();
+    for (const [key, label, fmt] of MEASURES) {
+      if (typeof base[key] !== "number") continue;
+      const tr = document.createElement("tr");
+      tr.dataset.measure = key;
+      tr.appendChild(cell("th", label));
+      tr.appendChild(cell("td", fmt(base[key])));
+      for (const step of shown) {
+        const m = step.morphometry || {};
+        const td = cell("td", typeof m[key] === "number" ? fmt(m[key]) : "–");
+        const pct = signedPercent((m.pct_change || {})[key]);
+        if (pct) td.appendChild(cell("span", " (" + pct + ")", "pct"));
+        tr.appendChild(td);
+      }
+      el.morphoBody.appendChild(tr);
+    }
+    el.changes.hidden = false;
   }
 
   // The one request of an upload: /progression carries the classification too, so the
@@ -316,6 +414,7 @@
     el.result.hidden = true;
     el.progression.hidden = true;
     el.strip.replaceChildren();
+    el.changeStrip.replaceChildren();
     try {
       const withProgression = el.optProgression.checked;
       setBusy(
