@@ -1,0 +1,175 @@
+"""Whole-volume staging: a NIfTI volume -> the axial slices the models were trained on.
+
+Follow one volume: :func:`decode_volume` reads the bytes under the same limits as a single
+slice (:mod:`alzprog.decode`: size, voxel count, bounded gzip inflation), reorients the volume
+to the closest canonical (RAS+) orientation (``nibabel.as_closest_canonical``), so axis 2 runs
+inferior -> superior whatever the scanner wrote, and windows the whole volume at once (one
+intensity scale for every slice). Each axial plane is laid out like the OASIS slices (and
+:func:`alzprog.decode.decode_slice`'s NIfTI slice): head horizontal, face to the right.
+
+:func:`select_slices` then finds the brain in each scanned plane
+(:func:`alzprog.preprocessing.brain_mask`), takes the widest brain slice as the landmark and
+keeps the slices above it whose brain area, as a fraction of the widest, lies in
+:data:`TRAINED_AREA_RANGE`: the level range of the training data. That range is measured on
+the MNI152 template the phantom is drawn from: its training slices (template z 100-160, 
+``alzprog.data.phantom.SLICE_MIN``/``SLICE_MAX``) hold 91 % down to 0-5 % of the widest
+intracranial area, all above the widest slice. At most :data:`MAX_SLICES` slices, evenly
+spread over that range, are returned: the work per volume is bounded whatever its size.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from alzprog.decode import (
+    MAX_INPUT_BYTES,
+    NIFTI1_HEADER_SIZE,
+    ImageDecodeError,
+    _gunzip_nifti,
+    _nifti_header_info,
+    sniff_format,
+    window_to_uint8,
+)
+
+# At most this many slices are classified per volume (evenly spread over the trained range).
+MAX_SLICES = 12
+# At most this many planes are scanned for brain (evenly spread when the volume has more).
+MAX_SCANNED = 48
+# Brain area as a fraction of the widest brain slice, from the lowest to the highest trained
+# level (see the module docstring for where it comes from).
+TRAINED_AREA_RANGE = (0.10, 0.92)
+# A volume whose widest brain slice covers less than this share of its plane holds no brain.
+MIN_BRAIN_FRACTION = 0.03
+
+
+@dataclass(frozen=True)
+class Volume:
+    """Axial slices ``(n, H, W)`` uint8, index 0 the most inferior (RAS+ canonical order)."""
+
+    slices: np.ndarray
+    orientation: str  # the source axis codes, e.g. "LAS" (what the file said before reorienting)
+
+
+@dataclass(frozen=True)
+class SliceChoice:
+    """The slices picked for staging, and what the scan saw."""
+
+    indices: list[int]  # axial indices in the reoriented volume, inferior -> superior
+    widest: int  # the widest brain slice (the landmark)
+    scanned: int  # planes scanned for brain
+    brain_area_fraction: dict[int, float]  # per picked index: brain area / widest brain area
+
+
+def is_volume(data: bytes) -> bool:
+    """True when ``data`` is a NIfTI file (plain or gzipped) holding a 3-D (or 4-D) volume."""
+    kind = sniff_format(data)
+    try:
+        if kind == "gzip":
+            import zlib
+
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, NIFTI1_HEADER_SIZE)
+        elif kind == "nifti":
+            head = data[:NIFTI1_HEADER_SIZE]
+        else:
+            return False
+        _, dims, _, _, _ = _nifti_header_info(head)
+    except (ImageDecodeError, Exception):  # noqa: BLE001 - not a readable volume header
+        return False
+    return len(dims) >= 3 and dims[2] > 1
+
+
+def decode_volume(data: bytes) -> Volume:
+    """Decode a NIfTI-1 volume (``.nii`` / ``.nii.gz`` bytes) into reoriented axial slices.
+
+    Raises :class:`alzprog.decode.ImageDecodeError` for any bad input, never another exception.
+    """
+    try:
+        if len(data) == 0:
+            raise ImageDecodeError("empty_file", "the uploaded file is empty")
+        if len(data) > MAX_INPUT_BYTES:
+            raise ImageDecodeError("file_too_large", f"the file is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
+        kind = sniff_format(data)
+        if kind == "gzip":
+            data = _gunzip_nifti(data)
+        elif kind != "nifti":
+            raise ImageDecodeError("unsupported_format", "a volume must be a NIfTI-1 file (.nii or .nii.gz)", 415)
+        _, dims, _, bitpix, vox_offset = _nifti_header_info(data[:NIFTI1_HEADER_SIZE])
+        if len(dims) < 3 or dims[2] < 2:
+            raise ImageDecodeError("not_a_volume", "the NIfTI file holds a single slice, not a volume")
+        if len(data) < vox_offset + int(np.prod(dims[:3], dtype=np.int64)) * bitpix // 8:
+            raise ImageDecodeError("bad_nifti", "the NIfTI file is shorter than its header declares")
+        import nibabel as nib
+
+        fh = nib.FileHolder(fileobj=io.BytesIO(data))
+        img = nib.Nifti1Image.from_file_map({"header": fh, "image": fh})
+        if len(img.shape) > 3:
+            img = img.slicer[(slice(None),) * 3 + (0,) * (len(img.shape) - 3)]
+        orientation = "".join(nib.aff2axcodes(img.affine))
+        canonical = nib.as_closest_canonical(img)
+        vol = np.asarray(canonical.dataobj, dtype=np.float32)  # (R, A, S)
+        if vol.ndim != 3 or min(vol.shape) < 2:
+            raise ImageDecodeError("not_a_volume", "the NIfTI file does not hold a 3-D volume")
+        # One window for the whole volume: slices keep their relative brightness.
+        u8 = window_to_uint8(vol)
+        # Axial plane (R, A) -> OASIS layout: rows R reversed (patient's right at the top),
+        # columns A (face to the right); slices inferior -> superior.
+        slices = np.ascontiguousarray(np.transpose(u8, (2, 0, 1))[:, ::-1, :])
+        return Volume(slices=slices, orientation=orientation)
+    except ImageDecodeError:
+        raise
+    except MemoryError:
+        raise ImageDecodeError("too_many_pixels", "the volume is too large to decode") from None
+    except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes is a 4xx
+        raise ImageDecodeError("bad_nifti", f"the NIfTI volume could not be read ({type(exc).__name__})") from None
+
+
+def select_slices(volume: Volume, max_slices: int = MAX_SLICES) -> SliceChoice:
+    """The brain-bearing slices of ``volume`` in the trained level range (at most ``max_slices``).
+
+    Raises :class:`alzprog.decode.ImageDecodeError` (``no_brain``, 422) when no slice holds a
+    brain or none lies in the trained range.
+    """
+    from alzprog.preprocessing import brain_mask
+
+    n = volume.slices.shape[0]
+    scan = np.unique(np.linspace(0, n - 1, min(n, MAX_SCANNED)).round().astype(int))
+    plane = float(volume.slices.shape[1] * volume.slices.shape[2])
+    area = {}
+    for z in scan:
+        s = volume.slices[z]
+        area[int(z)] = float(brain_mask(s).sum()) if s.max() > 0 else 0.0
+    widest = max(area, key=area.get)
+    if area[widest] < MIN_BRAIN_FRACTION * plane:
+        raise ImageDecodeError("no_brain", "no slice of this volume holds a brain", 422)
+    lo, hi = TRAINED_AREA_RANGE
+    candidates = [z for z in sorted(area) if z > widest and lo <= area[z] / area[widest] <= hi]
+    if not candidates:
+        raise ImageDecodeError("no_brain", "no slice of this volume lies in the level range the models were trained on", 422)
+    if len(candidates) > max_slices:
+        picks = np.linspace(0, len(candidates) - 1, max_slices).round().astype(int)
+        candidates = [candidates[i] for i in picks]
+    return SliceChoice(
+        indices=candidates,
+        widest=widest,
+        scanned=len(scan),
+        brain_area_fraction={z: area[z] / area[widest] for z in candidates},
+    )
+
+
+def soft_vote(probabilities: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and standard deviation across slices of each stage's probability."""
+    if not probabilities:
+        raise ValueError("no slice probabilities to vote with")
+    stages = list(probabilities[0])
+    p = np.array([[float(d[s]) for s in stages] for d in probabilities])
+    mean = p.mean(axis=0)
+    mean = mean / mean.sum()
+    return dict(zip(stages, map(float, mean))), dict(zip(stages, map(float, p.std(axis=0))))
+
+
+def representative(probabilities: list[dict[str, float]], stage: str) -> int:
+    """Position (in ``probabilities``) of the slice most confident in the voted ``stage``."""
+    return int(np.argmax([float(d[stage]) for d in probabilities]))

@@ -1,0 +1,117 @@
+"""Whole-volume staging (alzprog.volume) on real volumes shipped inside installed packages:
+nilearn's MNI152 2009 T1 (the template the phantom is drawn from) and nibabel's test
+``anatomical.nii``; plus constructed bad volumes."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alzprog.decode import ImageDecodeError
+from alzprog import volume as V
+
+nib = pytest.importorskip("nibabel")
+
+
+def _package_file(package: str, *parts: str) -> Path:
+    mod = pytest.importorskip(package)
+    path = Path(mod.__file__).parent.joinpath(*parts)
+    if not path.is_file():
+        pytest.skip(f"{package} has no {'/'.join(parts)}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def mni_bytes() -> bytes:
+    return _package_file("nilearn", "datasets", "data", "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def mni_volume(mni_bytes) -> V.Volume:
+    return V.decode_volume(mni_bytes)
+
+
+def _nifti_bytes(arr: np.ndarray, affine: np.ndarray | None = None) -> bytes:
+    img = nib.Nifti1Image(np.asarray(arr), np.eye(4) if affine is None else affine)
+    buf = io.BytesIO()
+    fh = nib.FileHolder(fileobj=buf)
+    img.to_file_map({"header": fh, "image": fh})
+    return buf.getvalue()
+
+
+def test_the_volume_is_reoriented_whatever_the_file_order(mni_bytes, mni_volume):
+    """The same head stored inferior-first and axes permuted (ILA) decodes to the same slices."""
+    img = nib.Nifti1Image.from_bytes(gzip.decompress(mni_bytes))
+    arr = np.asarray(img.dataobj)
+    nx, _, nz = arr.shape
+    flip = np.array([[-1, 0, 0, nx - 1], [0, 1, 0, 0], [0, 0, -1, nz - 1], [0, 0, 0, 1]], dtype=float)
+    perm = np.array([[0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+    stored = arr[::-1, :, ::-1].transpose(2, 0, 1).copy()
+    other = V.decode_volume(_nifti_bytes(stored, img.affine @ flip @ perm))
+    assert mni_volume.orientation == "RAS" and other.orientation != "RAS"
+    np.testing.assert_array_equal(other.slices, mni_volume.slices)
+
+
+def test_slices_are_picked_in_the_trained_level_range_on_the_template(mni_volume):
+    """The phantom trains on template slices 100-160 (above the ventricles' floor up to the
+    vertex); the picks on the template itself fall in about that range."""
+    choice = V.select_slices(mni_volume)
+    assert 1 < len(choice.indices) <= V.MAX_SLICES
+    assert choice.indices == sorted(choice.indices) and all(z > choice.widest for z in choice.indices)
+    assert 90 <= choice.indices[0] and choice.indices[-1] <= 160, choice.indices
+    lo, hi = V.TRAINED_AREA_RANGE
+    assert all(lo <= f <= hi for f in choice.brain_area_fraction.values())
+    assert len(V.select_slices(mni_volume, max_slices=3).indices) == 3
+
+
+def test_a_small_real_volume_from_nibabel_decodes_and_stages(tmp_path):
+    data = _package_file("nibabel", "tests", "data", "anatomical.nii").read_bytes()
+    vol = V.decode_volume(data)
+    assert vol.slices.ndim == 3 and vol.slices.dtype == np.uint8
+    assert V.is_volume(data)
+    choice = V.select_slices(vol)
+    assert choice.indices and all(0 <= z < vol.slices.shape[0] for z in choice.indices)
+
+
+def test_a_volume_without_a_brain_is_refused():
+    rng = np.random.default_rng(0)
+    for arr in (np.zeros((64, 64, 40), np.int16), rng.integers(0, 2000, (64, 64, 40)).astype(np.int16)):
+        vol = V.decode_volume(_nifti_bytes(arr))
+        with pytest.raises(ImageDecodeError) as info:
+            V.select_slices(vol)
+        assert info.value.code == "no_brain" and info.value.status == 422
+
+
+def test_bad_volume_bytes_are_a_decode_error_never_another_exception(mni_bytes):
+    cases = {
+        b"": "empty_file",
+        b"\x89PNG\r\n\x1a\n" + b"0" * 400: "unsupported_format",
+        _nifti_bytes(np.ones((64, 64), np.int16)): "not_a_volume",
+        _nifti_bytes(np.ones((40, 40, 30), np.int16))[:2000]: "bad_nifti",
+        mni_bytes[: len(mni_bytes) // 2]: None,  # a cut gzip stream: any decode error
+    }
+    for data, code in cases.items():
+        with pytest.raises(ImageDecodeError) as info:
+            V.decode_volume(data)
+        assert code is None or info.value.code == code, (code, info.value.code)
+        assert 400 <= info.value.status < 500
+    assert not V.is_volume(_nifti_bytes(np.ones((64, 64), np.int16)))
+    assert not V.is_volume(b"\xff\xd8\xff" + b"0" * 400)
+
+
+def test_soft_vote_is_the_mean_with_its_spread_and_the_representative_is_the_most_confident():
+    probs = [
+        {"a": 0.6, "b": 0.4},
+        {"a": 0.2, "b": 0.8},
+        {"a": 0.7, "b": 0.3},
+    ]
+    mean, spread = V.soft_vote(probs)
+    assert mean == pytest.approx({"a": 0.5, "b": 0.5})
+    assert spread["a"] == pytest.approx(np.std([0.6, 0.2, 0.7]))
+    assert V.representative(probs, "a") == 2 and V.representative(probs, "b") == 1
+    with pytest.raises(ValueError):
+        V.soft_vote([])
