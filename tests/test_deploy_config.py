@@ -226,8 +226,12 @@ def test_service_image_copies_its_code_and_runs_its_module(name: str):
     # Everything before ARG SERVICE is common to the services: one dependency layer.
     assert service.index("COPY --from=build /opt/venv /opt/venv") < service.index("ARG SERVICE")
     text = (REPO / vd.SERVICE_DOCKERFILE).read_text()
-    # The build installs the package non-editable from the lock, never `-e`.
-    assert "install_deps.sh" in text and "pip install --no-cache-dir --no-deps /src" in text
+    # The package goes in non-editable, from a wheel built in its own stage, never `-e`; the
+    # dependency venv is copied before it so a library change leaves that layer alone.
+    assert "install_deps.sh" in text and "pip wheel --no-cache-dir --no-deps --wheel-dir /wheels /src" in text
+    assert "pip install --no-cache-dir --no-deps /tmp/wheels/*.whl" in service
+    assert service.index("COPY --from=build /opt/venv") < service.index("COPY --from=library /wheels")
+    assert " -e " not in text
 
 
 def test_frontend_image_needs_no_ml_stack():

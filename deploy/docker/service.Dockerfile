@@ -10,7 +10,8 @@
 #                   pypi (torch as requirements.lock pins it, from PyPI, when the CPU index is out of reach)
 #   LOCAL_INDEX_URLS extra package indexes, space-separated, asked after PyPI
 # Every stage before `ARG SERVICE` is the same for all services, so the dependency layer
-# (torch and the rest of requirements.lock) is built once and stored once.
+# (torch and the rest of requirements.lock) is built once and stored once; the library comes
+# as a wheel in a layer of its own.
 
 ARG BASE_IMAGE=python:3.11-slim
 
@@ -24,11 +25,13 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY requirements.lock deploy/docker/install_deps.sh /src/
 RUN bash /src/install_deps.sh "${VARIANT}" /src/requirements.lock
-# The shared library, installed non-editable (no source tree needed at run time).
+
+# The shared library as a wheel, apart from the dependencies: a change to the library
+# rebuilds a small layer, never the copy of the dependency venv.
+FROM build AS library
 COPY pyproject.toml README.md /src/
 COPY shared /src/shared
-RUN pip install --no-cache-dir --no-deps /src \
-    && python -c "import alzprog.preprocessing, fastapi, onnxruntime, torch; print('deps ok', torch.__version__)"
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels /src
 
 # The frontend imports nothing from alzprog: starlette, uvicorn and httpx at the lock's pins.
 FROM ${BASE_IMAGE} AS frontend-build
@@ -69,6 +72,11 @@ RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --create-home --home-dir /home/app app \
     && mkdir -p /home/app/data && chown app:app /home/app/data
 COPY --from=build /opt/venv /opt/venv
+# Installed non-editable from the wheel (no source tree, no build tools at run time).
+COPY --from=library /wheels /tmp/wheels
+RUN pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels \
+    && python -c "import alzprog.preprocessing, fastapi, onnxruntime, torch; print('deps ok', torch.__version__)"
 WORKDIR /app
 COPY services/__init__.py /app/services/__init__.py
 COPY services/common /app/services/common
