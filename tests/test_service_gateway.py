@@ -654,3 +654,70 @@ def test_openapi_fuzzing_finds_no_server_error_and_no_schema_violation(gateway_p
     assert statuses["GET /livez"] == {200}
     # Fuzzed uploads are refused as bad input, never crash the gateway.
     assert statuses["POST /predict"] and all(400 <= c < 500 or c == 200 for c in statuses["POST /predict"]), statuses
+
+
+# ----------------------------------------------------------------------------- whole volumes
+@pytest.fixture(scope="module")
+def mni_volume_bytes() -> bytes:
+    import nilearn
+
+    from pathlib import Path
+
+    path = Path(nilearn.__file__).parent / "datasets" / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    if not path.is_file():
+        pytest.skip("nilearn ships no MNI152 T1 here")
+    return path.read_bytes()
+
+
+def test_volume_is_staged_by_soft_voting_over_the_trained_levels(make_gateway, mni_volume_bytes):
+    from alzprog.volume import MAX_SLICES
+    from services.gateway.schemas import VolumeResponse
+
+    gw = make_gateway()
+    r = gw.post("/volume", files={"file": ("upload", mni_volume_bytes)}, data={"explain": "true", "from_stage": "nd"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    parsed = VolumeResponse.model_validate(out)
+    assert 1 < len(parsed.slices) <= MAX_SLICES == parsed.volume.max_slices
+    assert parsed.volume.source_orientation == "RAS" and parsed.volume.shape[0] == 189
+    # The vote is the mean of the listed slices' probabilities; the spread their deviation.
+    for stage in STAGES:
+        per_slice = [s.probabilities[stage] for s in parsed.slices]
+        assert parsed.probabilities[stage] == pytest.approx(np.mean(per_slice), abs=1e-6)
+        assert parsed.probability_spread[stage] == pytest.approx(np.std(per_slice), abs=1e-6)
+    assert parsed.stage == max(parsed.probabilities, key=parsed.probabilities.get)
+    rep = [s for s in parsed.slices if s.index == parsed.representative_slice]
+    assert len(rep) == 1 and rep[0].probabilities[parsed.stage] == max(s.probabilities[parsed.stage] for s in parsed.slices)
+    # The representative slice is explained and progressed (from the stage asked for).
+    assert parsed.explain is not None and parsed.canonical.startswith("data:image/png;base64,")
+    assert parsed.from_stage == STAGES[0] and [s.stage for s in parsed.steps] == list(STAGES[1:])
+    assert all(s.change_map.startswith("data:image/png;base64,") for s in parsed.steps)
+    # Asked again: every part comes from the cache.
+    again = gw.post("/volume", files={"file": ("upload", mni_volume_bytes)}, data={"explain": "true", "from_stage": "nd"})
+    assert again.json()["cached"] is True and again.json()["probabilities"] == out["probabilities"]
+    no_chain = gw.post("/volume", files={"file": ("upload", mni_volume_bytes)}, data={"progression": "false"}).json()
+    assert no_chain["steps"] is None and no_chain["slices"] == out["slices"]
+
+
+def test_volume_refuses_what_is_not_a_brain_volume(make_gateway, sample_bytes):
+    import nibabel as nib
+
+    def nifti(arr: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        fh = nib.FileHolder(fileobj=buf)
+        nib.Nifti1Image(arr, np.eye(4)).to_file_map({"header": fh, "image": fh})
+        return buf.getvalue()
+
+    gw = make_gateway()
+    cases = [
+        (nifti(np.zeros((64, 64, 30), np.int16)), 422, "no_brain"),
+        (nifti(np.ones((64, 64), np.int16)), 422, "not_a_volume"),
+        (sample_bytes, 415, "unsupported_format"),
+        (b"", 400, "empty_file"),
+    ]
+    for data, status, code in cases:
+        r = gw.post("/volume", files={"file": ("upload", data)})
+        assert r.status_code == status, (code, r.text)
+        assert r.json()["error"]["code"] == code
+    bad = gw.post("/volume", files={"file": ("upload", nifti(np.zeros((8, 8, 8), np.int16)))}, data={"from_stage": "Severe"})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "bad_stage"

@@ -36,9 +36,9 @@ from services.gateway.auth import ApiKeyMiddleware
 from services.gateway.cache import ResultCache, SingleFlight
 from services.gateway.clients import BackendClient, CircuitBreaker
 from services.gateway.ratelimit import RateLimiter
-from services.gateway.schemas import PredictResponse, ProgressionResponse, ReadyResponse
+from services.gateway.schemas import PredictResponse, ProgressionResponse, ReadyResponse, VolumeResponse
 from services.gateway.settings import Settings, get_settings
-from services.gateway.uploads import Decoder, Upload, compute_brain_mask, decode_to_canonical, png_data_url
+from services.gateway.uploads import Decoder, SliceUpload, Upload, compute_brain_mask, decode_to_canonical, png_data_url
 
 SERVICE = "gateway"
 log = logging.getLogger("gateway")
@@ -50,6 +50,8 @@ PROGRESSION_FIELDS = ("steps", "generator_models", "input_morphometry")
 # entry written by an older gateway (without the change maps) is never served as complete.
 PROGRESSION_SHAPE = "maps1"
 RESULT_ERRORS = {k: ERROR_RESPONSES[k] for k in (400, 413, 415, 422, 429, 503)}
+# Slices of one volume sent to the classifier at once.
+VOLUME_CLASSIFY_CONCURRENCY = 2
 
 
 class VersionBook:
@@ -184,7 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="alzprog gateway",
         description=(
             "Alzheimer's MRI staging and synthetic progression. Upload one MRI slice (PNG, JPEG, DICOM, "
-            "NIfTI) as multipart field `file`. Research demo: synthetic images are not for diagnosis. "
+            "NIfTI) as multipart field `file`, or a whole NIfTI volume to `/volume`. Research demo: synthetic images are not for diagnosis. "
             "When API keys are configured, send one in the `X-API-Key` header."
         ),
         max_body_bytes=settings.max_body_bytes,
@@ -436,6 +438,92 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "progression",
             extra={"from_stage_index": start, "steps": len(result["steps"]), "cached": result["cached"], "model_version": result["model"]["version"]},
         )
+        timing.add("total", time.perf_counter() - t0)
+        return JSONResponse(result, headers={**NO_STORE, **timing.as_headers()})
+
+    @app.post("/volume", tags=["results"], response_model=VolumeResponse, responses=RESULT_ERRORS)
+    async def volume(
+        request: Request,
+        file: Annotated[UploadFile, File(description="one NIfTI-1 volume (.nii or .nii.gz)")],
+        explain: Annotated[bool | None, Form(description="Grad-CAM of the representative slice")] = None,
+        progression: Annotated[bool | None, Form(description="synthesize the progression from the representative slice (default true)")] = None,
+        from_stage: Annotated[str | None, Form(max_length=32, description="start stage of the chain; default: the voted stage")] = None,
+        explain_q: Annotated[bool | None, Query(alias="explain")] = None,
+        progression_q: Annotated[bool | None, Query(alias="progression")] = None,
+        from_stage_q: Annotated[str | None, Query(alias="from_stage", max_length=32)] = None,
+    ) -> JSONResponse:
+        """Stage a subject from a whole volume: reoriented to axial, the brain-bearing slices in the
+        trained level range (at most ``volume.max_slices``), soft voting of their probabilities with
+        the spread, and the progression of the representative slice it names."""
+        from alzprog.volume import MAX_SLICES, TRAINED_AREA_RANGE, representative, soft_vote
+
+        s = svc(request)
+        timing = ServerTiming()
+        t0 = time.perf_counter()
+        requested = from_stage if from_stage is not None else from_stage_q
+        start: int | None = None
+        if requested is not None and requested.strip():
+            try:
+                start = stage_index(requested)
+            except ValueError:
+                raise ServiceError(422, "bad_stage", f"from_stage must be one of {', '.join(STAGES)}, a slug (nd, vmd, md, mod) or 0-3") from None
+        want_chain = progression if progression is not None else (progression_q if progression_q is not None else True)
+        want_explain = _bool(explain, explain_q)
+        with timing.phase("upload"):
+            picked = await s.decoder.volume(await file.read())
+        uploads = [SliceUpload(s.decoder, px) for px in picked.pixels]
+        # A few slices at a time: the classifier's queue is shared with every other request.
+        gate = asyncio.Semaphore(VOLUME_CLASSIFY_CONCURRENCY)
+
+        async def one(up: SliceUpload) -> tuple[dict[str, Any], bool]:
+            async with gate:
+                return await classify(s, up, False, timing)
+
+        with timing.phase("classify"):
+            answers = await asyncio.gather(*(one(up) for up in uploads))
+        probs = [a["probabilities"] for a, _ in answers]
+        mean, spread = soft_vote(probs)
+        voted = max(mean, key=mean.get)
+        rep = representative(probs, voted)
+        rep_up = uploads[rep]
+        result: dict[str, Any] = {
+            "stage": voted,
+            "stage_index": stage_index(voted),
+            "probabilities": mean,
+            "probability_spread": spread,
+            "confidence": mean[voted],
+            "model": answers[rep][0]["model"],
+            "slices": [
+                {"index": z, "stage": max(p, key=p.get), "probabilities": p, "brain_area_fraction": f}
+                for z, p, f in zip(picked.indices, probs, picked.brain_area_fraction)
+            ],
+            "representative_slice": picked.indices[rep],
+            "volume": {
+                "shape": list(picked.shape), "source_orientation": picked.orientation, "scanned_slices": picked.scanned,
+                "widest_slice": picked.widest, "max_slices": MAX_SLICES, "trained_area_range": list(TRAINED_AREA_RANGE),
+            },
+            "explain": None,
+            "from_stage": None,
+            "steps": None,
+            "generator_models": None,
+            "input_morphometry": None,
+        }
+        cached = all(c for _, c in answers)
+        if want_explain:
+            with timing.phase("explain"):
+                explained, c = await classify(s, rep_up, True, timing)
+            result["explain"] = explained.get("explain")
+            cached = cached and c
+        if want_chain:
+            begin = result["stage_index"] if start is None else start
+            with timing.phase("progress"):
+                chain, c = await progress(s, rep_up, begin, timing)
+            result.update(chain)
+            result["from_stage"] = STAGES[begin]
+            cached = cached and c
+        result["canonical"] = await rep_up.png()
+        result["cached"] = cached
+        log.info("volume", extra={"slices": len(uploads), "stage_index": result["stage_index"], "cached": cached})
         timing.add("total", time.perf_counter() - t0)
         return JSONResponse(result, headers={**NO_STORE, **timing.as_headers()})
 

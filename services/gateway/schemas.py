@@ -108,3 +108,38 @@ class BackendCheck(BaseModel):
 class ReadyResponse(BaseModel):
     ready: bool
     checks: dict[str, Any]
+
+
+class VolumeSlice(BaseModel):
+    index: int = Field(description="axial index in the volume reoriented to RAS+ (0 = most inferior)")
+    stage: str = Field(description="this slice's most probable stage")
+    probabilities: dict[str, float]
+    brain_area_fraction: float = Field(description="brain area of this slice over the widest brain slice's")
+
+
+class VolumeInfo(BaseModel):
+    shape: list[int] = Field(description="(slices, height, width) of the reoriented axial volume")
+    source_orientation: str = Field(description="axis codes of the file before reorienting (e.g. LAS)")
+    scanned_slices: int = Field(description="planes searched for brain")
+    widest_slice: int = Field(description="index of the widest brain slice (the level landmark)")
+    max_slices: int = Field(description="most slices ever classified per volume")
+    trained_area_range: list[float] = Field(description="brain area / widest brain area of the trained levels: the slices kept")
+
+
+class VolumeResponse(BaseModel):
+    stage: str = Field(description="the subject's stage: soft vote (mean of the slice probabilities)")
+    stage_index: int = Field(ge=0, le=3)
+    probabilities: dict[str, float] = Field(description="mean calibrated probability per stage over the slices used")
+    probability_spread: dict[str, float] = Field(description="standard deviation of each stage's probability over the slices")
+    confidence: float
+    model: ModelVersion
+    slices: list[VolumeSlice] = Field(description="the slices used, inferior to superior")
+    representative_slice: int = Field(description="index of the slice most confident in the voted stage: the one explained and progressed")
+    volume: VolumeInfo
+    canonical: str = Field(description="the representative slice as the models saw it, data:image/png;base64,...")
+    explain: Explanation | None = Field(None, description="Grad-CAM of the representative slice, when explain=true")
+    from_stage: str | None = Field(None, description="stage the chain started from (progression=true)")
+    steps: list[Step] | None = Field(None, description="the synthetic road ahead from the representative slice (progression=true)")
+    generator_models: list[ModelVersion] | None = None
+    input_morphometry: Morphometrics | None = None
+    cached: bool = Field(description="true when every part of this answer came from the result cache")

@@ -75,6 +75,38 @@ def decode_to_canonical(data: bytes, nifti_slice: int | None) -> CanonicalPixels
     return CanonicalPixels(image, canonical_sha256(image))
 
 
+@dataclass(frozen=True)
+class VolumeSlices:
+    """The slices of an uploaded volume picked for staging, canonicalised (:mod:`alzprog.volume`)."""
+
+    indices: list[int]
+    pixels: list[CanonicalPixels]
+    brain_area_fraction: list[float]
+    shape: tuple[int, int, int]  # (slices, height, width) of the reoriented axial volume
+    orientation: str  # the file's axis codes before reorienting
+    widest: int
+    scanned: int
+
+
+def decode_volume_slices(data: bytes) -> VolumeSlices:
+    """Decode a NIfTI volume, pick its slices in the trained level range and canonicalise
+    each (the one preprocessing path); runs in the pool."""
+    from alzprog.preprocessing import canonical_image, canonical_sha256
+    from alzprog.volume import decode_volume, select_slices
+
+    volume = decode_volume(data)
+    choice = select_slices(volume)
+    pixels = []
+    for z in choice.indices:
+        image = canonical_image(volume.slices[z])
+        pixels.append(CanonicalPixels(image, canonical_sha256(image)))
+    return VolumeSlices(
+        indices=choice.indices, pixels=pixels, brain_area_fraction=[choice.brain_area_fraction[z] for z in choice.indices],
+        shape=tuple(int(v) for v in volume.slices.shape), orientation=volume.orientation, widest=choice.widest,
+        scanned=choice.scanned,
+    )
+
+
 def png_data_url(image: np.ndarray) -> str:
     """The canonical slice as a metadata-free PNG data URL (what the models saw)."""
     from alzprog.decode import png_data_url as data_url
@@ -128,6 +160,18 @@ class Decoder:
         else:
             raw = hashlib.sha256(data).hexdigest()
         return Upload(self, data, nifti_slice, raw)
+
+    async def volume(self, data: bytes) -> VolumeSlices:
+        """:func:`decode_volume_slices` in the pool; bad bytes become a 4xx :class:`ServiceError`."""
+        from alzprog.decode import ImageDecodeError
+
+        try:
+            out = await self.run("volume", decode_volume_slices, data)
+        except ImageDecodeError as exc:
+            status = exc.status if 400 <= int(exc.status) < 500 else 422
+            raise ServiceError(status, exc.code, exc.message) from None
+        self.decodes += 1
+        return out
 
     async def decode(self, data: bytes, nifti_slice: int | None) -> CanonicalPixels:
         from alzprog.decode import ImageDecodeError
@@ -228,3 +272,46 @@ class Upload:
         if self._png is not None:
             value["canonical"] = self._png
         await self.decoder.cache.set(self.record_key, value)
+
+
+class SliceUpload:
+    """One already-canonicalised slice of a volume, with the interface of :class:`Upload`
+    (hash, pixels, PNG and mask on demand), so the classifier and generator calls serve both."""
+
+    decoded = True
+
+    def __init__(self, decoder: Decoder, pixels: CanonicalPixels) -> None:
+        self.decoder = decoder
+        self.sha256: str = pixels.sha256
+        self.image = pixels.image
+        self._png: str | None = None
+        self._mask: asyncio.Task | None = None
+
+    async def resolve(self, need_png: bool = False) -> str:
+        """The canonical SHA-256 (known already)."""
+        if need_png:
+            await self.png()
+        return self.sha256
+
+    async def pixels(self) -> np.ndarray:
+        """The canonical image."""
+        return self.image
+
+    async def png(self) -> str:
+        """The canonical slice as a PNG data URL, encoded once."""
+        if self._png is None:
+            self._png = await self.decoder.run("png", png_data_url, self.image)
+            self.decoder.pngs += 1
+        return self._png
+
+    def start_mask(self) -> None:
+        """Begin computing the brain mask in the pool."""
+        if self._mask is None:
+            self._mask = asyncio.ensure_future(self.decoder.run("brain_mask", compute_brain_mask, self.image))
+            self._mask.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def mask(self) -> np.ndarray:
+        """``alzprog.preprocessing.brain_mask`` of the canonical image, computed once."""
+        self.start_mask()
+        assert self._mask is not None
+        return await self._mask
