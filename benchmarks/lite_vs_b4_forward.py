@@ -96,7 +96,7 @@ def main() -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"| arch | size | params (M) | backend | batch | ms/image median (min) |\n|---|---|---|---|---|---|")
+    print("| arch | size | params (M) | backend | batch | ms/image median (min) |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['arch']} | {r['image_size']} | {r['params_m']} | {r['backend']} | {r['batch']} | "
               f"{r['ms_per_image_median']} ({r['ms_per_image_min']}) |")
