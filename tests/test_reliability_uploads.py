@@ -95,6 +95,44 @@ def test_multipart_abuse_is_answered_4xx_json_quickly_without_flooding_the_log(g
     assert gateway.proc.poll() is None
 
 
+@pytest.mark.parametrize("path", ["/progression", "/volume"])
+@pytest.mark.parametrize("case", ["many-files", "huge-field-name", "field-over-part-limit", "missing-file-field"])
+def test_the_other_upload_routes_refuse_multipart_abuse_alike(gateway, path, case):
+    body, expected = ABUSE[case]
+    r = httpx.post(gateway.url + path, content=body, headers={"Content-Type": CTYPE}, timeout=30)
+    assert r.status_code == expected, (path, r.text[:300])
+    assert set(r.json()["error"]) == {"code", "message"}
+    assert gateway.proc.poll() is None
+
+
+def _nifti_header(dims: tuple[int, int, int]) -> bytes:
+    import struct
+
+    hdr = bytearray(348)
+    struct.pack_into("<i", hdr, 0, 348)
+    struct.pack_into("<8h", hdr, 40, 3, *dims, 1, 1, 1, 1)
+    struct.pack_into("<hh", hdr, 70, 4, 16)  # int16
+    struct.pack_into("<f", hdr, 108, 352.0)  # vox_offset
+    hdr[344:348] = b"n+1\0"
+    return bytes(hdr) + b"\0" * 4
+
+
+def test_hostile_volumes_are_refused_before_they_are_inflated(gateway):
+    """A .nii.gz whose stream holds far more than its header declares (a gzip bomb), a header
+    declaring more voxels than the limit, and a truncated volume: 4xx JSON, the server up."""
+    import gzip
+
+    bomb = gzip.compress(_nifti_header((64, 64, 8)) + b"\0" * (200 * 1024 * 1024), compresslevel=9)
+    assert len(bomb) <= LIMIT
+    huge = gzip.compress(_nifti_header((4096, 4096, 4096)) + b"\0" * 1024)
+    short = _nifti_header((64, 64, 64)) + b"\0" * 1000
+    for name, data, codes in (("bomb", bomb, {"no_brain"}), ("huge", huge, {"too_many_pixels"}), ("short", short, {"bad_nifti"})):
+        r = httpx.post(gateway.url + "/volume", files={"file": ("upload", data)}, timeout=60)
+        assert 400 <= r.status_code < 500, (name, r.status_code, r.text[:300])
+        assert r.json()["error"]["code"] in codes, (name, r.text[:300])
+    assert gateway.proc.poll() is None
+
+
 def test_missing_boundary_and_wrong_content_type_are_4xx(gateway):
     for ctype in ("multipart/form-data", "multipart/form-data; boundary=", "text/plain", "application/json"):
         r = httpx.post(gateway.url + "/predict", content=b"--x\r\n\r\n", headers={"Content-Type": ctype}, timeout=30)

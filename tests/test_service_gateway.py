@@ -635,7 +635,7 @@ def test_openapi_fuzzing_finds_no_server_error_and_no_schema_violation(gateway_p
 
     schema = schemathesis.openapi.from_url(gateway_process.url + "/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {f"{op.method.upper()} {op.path}" for op in operations} >= {"POST /predict", "POST /progression", "GET /readyz", "GET /livez"}
+    assert {f"{op.method.upper()} {op.path}" for op in operations} >= {"POST /predict", "POST /progression", "POST /volume", "GET /readyz", "GET /livez"}
     checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
     calls = 0
     statuses: dict[str, set[int]] = {}
@@ -654,6 +654,7 @@ def test_openapi_fuzzing_finds_no_server_error_and_no_schema_violation(gateway_p
     assert statuses["GET /livez"] == {200}
     # Fuzzed uploads are refused as bad input, never crash the gateway.
     assert statuses["POST /predict"] and all(400 <= c < 500 or c == 200 for c in statuses["POST /predict"]), statuses
+    assert statuses["POST /volume"] and all(400 <= c < 500 or c == 200 for c in statuses["POST /volume"]), statuses
 
 
 # ----------------------------------------------------------------------------- whole volumes

@@ -80,7 +80,7 @@ FORWARDED_REQUEST_HEADERS = frozenset(
     {"content-type", "content-length", "accept", "accept-encoding", "x-request-id", "x-api-key"}
 )
 
-LOGGED_PATHS = frozenset({"predict", "progression", "livez", "readyz", "metrics", "docs", "openapi.json"})
+LOGGED_PATHS = frozenset({"predict", "progression", "volume", "livez", "readyz", "metrics", "docs", "openapi.json"})
 
 log = logging.getLogger("alzprog.frontend")
 
