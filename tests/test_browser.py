@@ -326,3 +326,41 @@ def test_page_says_the_api_is_down_and_when_to_retry(browser, oasis_sample_files
             context.close()
     finally:
         fe.stop()
+
+
+def test_page_stages_a_whole_nifti_volume_and_lists_its_slices(live_stack, browser, tmp_path):
+    """A .nii.gz volume (nilearn's MNI152 T1) goes to /api/volume in one request; the page shows
+    the voted stage, the slices it used with their probabilities, and the representative slice's chain."""
+    import nilearn
+
+    src = Path(nilearn.__file__).parent / "datasets" / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    if not src.is_file():
+        pytest.skip("nilearn ships no MNI152 T1 here")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    named = tmp_path / "head.nii.gz"
+    shutil.copy(src, named)
+    context, page, watch = _open(browser, live_stack["frontend"] + "/", DESKTOP)
+    api_calls = _record_api_calls(page)
+    try:
+        with page.expect_response(lambda r: "/api/volume" in r.url, timeout=180000) as info:
+            page.set_input_files("#file-input", str(named))
+        assert info.value.status == 200, info.value.text()
+        out = info.value.json()
+        _wait_idle(page, 180000)
+        assert api_calls == [info.value.url], api_calls
+        assert page.inner_text("#stage-name") == out["stage"]
+        assert page.is_visible("#volume")
+        rows = page.locator("#slices-table tbody tr")
+        assert rows.count() == len(out["slices"])
+        assert [rows.nth(i).get_attribute("data-slice") for i in range(rows.count())] == [str(s["index"]) for s in out["slices"]]
+        rep = page.locator("#slices-table tr.is-representative")
+        assert rep.count() == 1 and rep.get_attribute("data-slice") == str(out["representative_slice"])
+        assert f"Slice {out['representative_slice']} is shown" in page.inner_text("#volume-summary")
+        # The representative slice's chain and change maps, from the same answer.
+        assert page.locator("#strip .is-synthetic").count() == len(out["steps"])
+        assert page.locator("#change-strip li").count() == len(out["steps"])
+        assert page.get_attribute("#original-img", "src") == out["canonical"]
+        page.locator("#volume").screenshot(path=str(ARTIFACTS / "page_volume.png"))
+        assert watch.problems == [], watch.problems
+    finally:
+        context.close()

@@ -219,10 +219,10 @@ def test_idle_gateway_guesses_the_start_stage_and_a_wrong_guess_still_answers_ri
 
 def test_identical_concurrent_uploads_are_computed_once(make_gateway, backends):
     gw = make_gateway(redis_url="")  # no cache: only single-flight can dedupe
-    rng = np.random.default_rng(11)
-    img = np.zeros((180, 160), np.uint8)
-    img[20:160, 20:140] = rng.integers(50, 220, (140, 120), dtype=np.uint8)
-    data = png_bytes(img)
+    from fixtures_images import head_phantom
+
+    # A head-like slice (the quality gate refuses a block of noise).
+    data = png_bytes(head_phantom(180, 160, seed=11))
     before = classify_count(backends["classifier"].url)
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda _: gw.post("/predict", files={"file": ("x.png", data)}), range(6)))
@@ -698,6 +698,23 @@ def test_volume_is_staged_by_soft_voting_over_the_trained_levels(make_gateway, m
     assert again.json()["cached"] is True and again.json()["probabilities"] == out["probabilities"]
     no_chain = gw.post("/volume", files={"file": ("upload", mni_volume_bytes)}, data={"progression": "false"}).json()
     assert no_chain["steps"] is None and no_chain["slices"] == out["slices"]
+
+
+def test_the_quality_gate_refuses_what_is_not_a_brain_slice_with_a_clear_422(make_gateway, backends):
+    rng = np.random.default_rng(3)
+    gw = make_gateway()
+    before = classify_count(backends["classifier"].url)
+    cases = {
+        "blank_image": np.full((200, 200), 90, np.uint8),
+        "noise_image": rng.integers(0, 256, (200, 200)).astype(np.uint8),
+        "no_dark_background": np.clip(np.linspace(120, 250, 200)[None, :] + rng.normal(0, 3, (220, 200)), 0, 255).astype(np.uint8),
+    }
+    for code, img in cases.items():
+        for path in ("/predict", "/progression"):
+            r = gw.post(path, files={"file": ("x.png", png_bytes(img))})
+            assert r.status_code == 422, (code, path, r.text)
+            assert r.json()["error"]["code"] == code and "MRI slice" in r.json()["error"]["message"]
+    assert classify_count(backends["classifier"].url) == before, "nothing refused reaches a model"
 
 
 def test_volume_refuses_what_is_not_a_brain_volume(make_gateway, sample_bytes):

@@ -48,9 +48,9 @@ _HASH_INLINE_BYTES = 1 << 20
 
 
 def pipeline_fingerprint() -> str:
-    """12 hex digits over the source of ``alzprog.decode`` and ``alzprog.preprocessing``."""
+    """12 hex digits over the source of ``alzprog.decode``, ``alzprog.preprocessing`` and ``alzprog.quality``."""
     h = hashlib.sha256()
-    for name in ("alzprog.decode", "alzprog.preprocessing"):
+    for name in ("alzprog.decode", "alzprog.preprocessing", "alzprog.quality"):
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None:
             raise RuntimeError(f"{name} not found")
@@ -67,11 +67,17 @@ class CanonicalPixels:
 
 
 def decode_to_canonical(data: bytes, nifti_slice: int | None) -> CanonicalPixels:
-    """Decode (allowlisted formats only) and canonicalise, without the mask; runs in the pool."""
-    from alzprog.decode import decode_slice
+    """Decode (allowlisted formats only), canonicalise and pass the quality gate
+    (:mod:`alzprog.quality`: a 422 for what is not a brain MRI slice), without the mask; runs in the pool."""
+    from alzprog.decode import ImageDecodeError, decode_slice
     from alzprog.preprocessing import canonical_image, canonical_sha256
+    from alzprog.quality import NotABrainSlice, assess
 
     image = canonical_image(decode_slice(data, nifti_slice=nifti_slice))
+    try:
+        assess(image)
+    except NotABrainSlice as exc:
+        raise ImageDecodeError(exc.code, exc.message, 422) from None
     return CanonicalPixels(image, canonical_sha256(image))
 
 

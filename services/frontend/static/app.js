@@ -46,12 +46,17 @@
     changeScale: $("change-scale"),
     morphoHead: document.querySelector("#morpho-table thead"),
     morphoBody: document.querySelector("#morpho-table tbody"),
+    volume: $("volume"),
+    volumeSummary: $("volume-summary"),
+    slicesHead: document.querySelector("#slices-table thead"),
+    slicesBody: document.querySelector("#slices-table tbody"),
   };
 
   let currentFile = null;
   let previewUrl = null; // blob: URL of the local preview, revoked when replaced
   let canonicalSrc = null; // the gateway's canonical slice (PNG data URL): what the models saw
   let busy = false;
+  let currentIsVolume = false; // a NIfTI volume: staged from many slices by /api/volume
 
   function setBusy(on, text) {
     busy = on;
@@ -82,6 +87,48 @@
     return typeof src === "string" && src.startsWith("data:image/png;base64,");
   }
 
+  // A NIfTI-1 header with more than one axial slice: the page sends it to /api/volume.
+  function niftiIsVolume(head) {
+    if (head.byteLength < 48) return false;
+    const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
+    for (const little of [true, false]) {
+      if (view.getInt32(0, little) !== 348) continue;
+      const ndim = view.getInt16(40, little);
+      return ndim >= 3 && view.getInt16(46, little) > 1;
+    }
+    return false;
+  }
+
+  async function sniffVolume(file) {
+    const head = new Uint8Array(await file.slice(0, 348).arrayBuffer());
+    if (head[0] === 0x1f && head[1] === 0x8b) {
+      // .nii.gz: read the header through the browser's own gunzip.
+      if (typeof DecompressionStream !== "function") return true;
+      try {
+        const reader = file.stream().pipeThrough(new DecompressionStream("gzip")).getReader();
+        const parts = [];
+        let have = 0;
+        while (have < 348) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          parts.push(value);
+          have += value.length;
+        }
+        reader.cancel().catch(() => {});
+        const all = new Uint8Array(have);
+        let at = 0;
+        for (const part of parts) {
+          all.set(part, at);
+          at += part.length;
+        }
+        return niftiIsVolume(all);
+      } catch (err) {
+        return false; // not gzip after all: the gateway says what it is
+      }
+    }
+    return niftiIsVolume(head);
+  }
+
   async function sniffPreviewable(file) {
     const head = new Uint8Array(await file.slice(0, 4).arrayBuffer());
     const starts = (magic) => magic.every((b, i) => head[i] === b);
@@ -103,6 +150,7 @@
     previewUrl = null;
     canonicalSrc = null;
     if (await sniffPreviewable(file)) previewUrl = URL.createObjectURL(file);
+    currentIsVolume = await sniffVolume(file);
     await analyse();
   }
 
@@ -301,6 +349,36 @@
     el.progression.hidden = false;
   }
 
+  // A volume's answer: the slices it voted with, and which one is shown and progressed.
+  function renderSlices(data) {
+    const slices = Array.isArray(data.slices) ? data.slices : null;
+    el.slicesBody.replaceChildren();
+    if (!slices || slices.length === 0) {
+      el.volume.hidden = true;
+      return;
+    }
+    const stages = orderedStages(data.probabilities);
+    const head = document.createElement("tr");
+    head.appendChild(cell("th", "Slice"));
+    for (const st of stages) head.appendChild(cell("th", st));
+    el.slicesHead.replaceChildren(head);
+    for (const sl of slices) {
+      const tr = document.createElement("tr");
+      tr.dataset.slice = String(sl.index);
+      const isRep = sl.index === data.representative_slice;
+      if (isRep) tr.className = "is-representative";
+      tr.appendChild(cell("th", String(sl.index) + (isRep ? " (shown)" : "")));
+      for (const st of stages) tr.appendChild(cell("td", formatPercent((sl.probabilities || {})[st])));
+      el.slicesBody.appendChild(tr);
+    }
+    const spread = data.probability_spread || {};
+    el.volumeSummary.textContent =
+      "Staged from " + slices.length + " axial slices of the volume (soft vote: the mean of their probabilities; " +
+      data.stage + " " + formatPercent(data.probabilities[data.stage]) + " ± " + formatPercent(spread[data.stage]) +
+      " across slices). Slice " + data.representative_slice + " is shown, explained and progressed.";
+    el.volume.hidden = false;
+  }
+
   // Rows of the measurements table: field, label, how a value is written.
   const MEASURES = [
     ["brain_area_px", "Brain area (px)", (v) => String(Math.round(v))],
@@ -398,6 +476,13 @@
   function requestPath() {
     const query = new URLSearchParams();
     if (el.optExplain.checked) query.set("explain", "true");
+    if (currentIsVolume) {
+      // A whole volume: one request stages it from its slices and, unless unticked,
+      // synthesizes the progression of the representative slice it names.
+      if (!el.optProgression.checked) query.set("progression", "false");
+      else if (el.optFrom.value) query.set("from_stage", el.optFrom.value);
+      return "api/volume?" + query.toString();
+    }
     if (!el.optProgression.checked) {
       const q = query.toString();
       return "api/predict" + (q ? "?" + q : "");
@@ -413,6 +498,7 @@
     clearError();
     el.result.hidden = true;
     el.progression.hidden = true;
+    el.volume.hidden = true;
     el.strip.replaceChildren();
     el.changeStrip.replaceChildren();
     try {
@@ -425,7 +511,8 @@
       );
       const data = await postFile(requestPath());
       renderPrediction(data);
-      if (withProgression) renderProgression(data);
+      renderSlices(data);
+      if (withProgression && Array.isArray(data.steps)) renderProgression(data);
     } catch (err) {
       showError(err && err.message ? err.message : String(err));
     } finally {
