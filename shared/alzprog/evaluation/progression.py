@@ -245,6 +245,18 @@ def optional_networks(pred: np.ndarray, target: np.ndarray) -> dict[str, Any]:
     }
 
 
+def lite_distances(pred: np.ndarray, target: np.ndarray) -> dict[str, Any]:
+    """Frechet and perceptual distances on ImageNet EfficientNet-Lite0 features, labelled
+    non-standard (not comparable to published FID or LPIPS), or why they are unavailable."""
+    out: dict[str, Any] = {"label": "non-standard (ImageNet Lite0 features; not comparable to published FID/LPIPS)"}
+    try:
+        out["lite_frechet"] = im.lite_frechet_distance(target, pred) if len(pred) >= 2 else None
+        out["lite_perceptual"] = im.lite_perceptual_distance(pred, target)
+    except Exception as exc:  # noqa: BLE001 - reported, not fatal: the weights package may be missing
+        out.update(lite_frechet=None, lite_perceptual=None, unavailable=str(exc))
+    return out
+
+
 def domain_fid(classifier: Classifier | None, reason: str | None, real: np.ndarray, fake: np.ndarray) -> dict[str, Any]:
     """FID on the stage classifier's penultimate features (needs at least 2 images each side)."""
     if classifier is None:
@@ -295,6 +307,7 @@ def evaluate_transition_outputs(
     res["ventricle_growth_share_all"] = shares
     res["domain_fid"] = {k: domain_fid(classifier, classifier_reason, target, v) if v is not None else None for k, v in outputs.items()}
     add_change_fidelity(res, source, outputs, target, mask_src, mask)
+    res["non_standard"] = {k: lite_distances(v, target) for k, v in outputs.items() if v is not None}
     if outputs.get("model") is not None:
         res["standard_networks"] = optional_networks(outputs["model"], target)
     return res
@@ -445,6 +458,7 @@ def _evaluate_chain(pairs, load, model_g, dcgan_g, classifier, classifier_reason
     res: dict[str, Any] = score_outputs(final, truth[3], masks[0] | masks[3], reasons)
     res["n_chains"] = int(len(table))
     add_change_fidelity(res, truth[0], final, truth[3], masks[0], masks[0] | masks[3])
+    res["non_standard"] = {k: lite_distances(v, truth[3]) for k, v in final.items() if v is not None}
     res["per_step"] = {}
     for k in range(3):
         step_out = {k2: (v[k] if v is not None else None) for k2, v in steps.items()}
@@ -549,8 +563,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         "Change fidelity (smoothed change correlation; CSF/ventricle growth ratio, pooled ratio of sums, "
         "and the median per-pair ratio; identity's zero change scores correlation 0 and ratio 0):",
         "",
-        "| transition | model corr | dcgan corr | identity corr | model growth ratio | model growth (median) | dcgan growth ratio | identity growth ratio | true growth px |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| transition | model corr | dcgan corr | identity corr | model growth ratio | model growth (median) | dcgan growth ratio | identity growth ratio | true growth px | model / identity Lite FD (non-standard) | model / identity Lite perceptual (non-standard) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in [t[0] for t in TRANSITIONS] + ["chain"]:
         r = report.get(key, {})
@@ -561,10 +575,15 @@ def report_markdown(report: dict[str, Any]) -> str:
         def g(label: str, k: str, p: int = 3) -> str:
             return f((fid.get(label) or {}).get(k), p)
 
+        def ns(label: str, k: str, p: int) -> str:
+            return f((r.get("non_standard", {}).get(label) or {}).get(k), p)
+
         lines.append(
             f"| {key} | {g('model', 'change_corr')} | {g('dcgan', 'change_corr')} | {g('identity', 'change_corr')} | "
             f"{g('model', 'growth_ratio')} | {g('model', 'growth_ratio_median')} | {g('dcgan', 'growth_ratio')} | "
-            f"{g('identity', 'growth_ratio')} | {g('truth', 'true_growth_px', 1)} |"
+            f"{g('identity', 'growth_ratio')} | {g('truth', 'true_growth_px', 1)} | "
+            f"{ns('model', 'lite_frechet', 2)} / {ns('identity', 'lite_frechet', 2)} | "
+            f"{ns('model', 'lite_perceptual', 4)} / {ns('identity', 'lite_perceptual', 4)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -654,6 +673,7 @@ def roi_ablation(
             **{k: fid[k] for k in CHANGE_KEYS},
             "lpips": nets["lpips"], "inception_fid": nets["inception_fid"],
             "domain_fid": domain_fid(classifier, reason, t_img, pred),
+            "non_standard": lite_distances(pred, t_img),
             "run_id": res.run_id, "train_seconds": res.seconds,
         }
     with_, without = rows["with ROI"], rows["without ROI"]
@@ -678,7 +698,8 @@ def roi_ablation(
                           **{k: ident_fid[k] for k in CHANGE_KEYS}}
     (out / "roi_ablation.json").write_text(json.dumps(result, indent=2, default=_json))
     md = ["| | MSE | PSNR | SSIM | MSE brain | PSNR brain | SSIM brain | change corr | growth ratio | growth ratio (median) "
-          "| LPIPS | FID (Inception) | domain FID |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "| LPIPS | FID (Inception) | domain FID | Lite FD (non-standard) | Lite perceptual (non-standard) |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def opt(d: dict[str, Any] | None) -> str:
         return "n/a" if not d or d.get("value") is None else f"{d['value']:.3f}"
@@ -686,7 +707,9 @@ def roi_ablation(
     for label, r in [*rows.items(), ("identity", result["identity"])]:
         md.append(f"| {label} | {r['mse']:.5f} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['mse_brain']:.5f} | {r['psnr_brain']:.2f} | "
                   f"{r['ssim_brain']:.4f} | {r['change_corr']:.3f} | {r['growth_ratio']:.3f} | {r['growth_ratio_median']:.3f} | "
-                  f"{opt(r.get('lpips'))} | {opt(r.get('inception_fid'))} | {opt(r.get('domain_fid'))} |")
+                  f"{opt(r.get('lpips'))} | {opt(r.get('inception_fid'))} | {opt(r.get('domain_fid'))} | "
+                  f"{opt({'value': (r.get('non_standard') or {}).get('lite_frechet')})} | "
+                  f"{opt({'value': (r.get('non_standard') or {}).get('lite_perceptual')})} |")
     md.append("")
     md.append(statement)
     for name in ("lpips", "inception_fid"):
