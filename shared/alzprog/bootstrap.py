@@ -34,20 +34,17 @@ class BootstrapPlan:
     classifier_overrides: dict[str, Any]
     progression_overrides: dict[str, Any]
     seed: int = 0
+    classifier_preset: str = "transfer"
 
 
 PLANS: dict[str, BootstrapPlan] = {
-    # make run on a fresh clone: the classifier's quick preset (early stopping on) with at most
-    # 20 epochs after the head, on 64 phantom subjects, and short generator runs. Measured
-    # (`/usr/bin/time -v alzprog bootstrap`, fresh ALZPROG_HOME, local sqlite store) on the
-    # 2-core development machine shared with other jobs (load average ~6, the job got 72% of
-    # one CPU): 512 s for the steps, 8 min 36 s wall in all, 372 s of CPU time (359 user + 12
-    # system); classifier validation macro-F1 0.278 (4 stages; a single-class model scores 0.10).
-    # A smaller plan (24 subjects, 3 epochs) took 154 s but its classifier stayed single-class.
+    # make run on a fresh clone: the transfer preset (packaged ImageNet Lite0 weights; phase 1
+    # on cached features, a short phase 2) on 64 phantom subjects, and short generator runs.
+    # The time and the held-out figures are in the README and docs/classifier.md.
     "quick": BootstrapPlan(
         subjects=64,
         slices_per_subject=6,
-        classifier_overrides={"phase2.epochs": 20},
+        classifier_overrides={"phase2.epochs": 2},
         # Generators: the quick preset's deform design, 80 steps each with a 40 s guard, so the
         # three together stay within about two minutes (docs/progression.md has the demo figures).
         progression_overrides={"epochs": 2, "samples_per_epoch": 320, "time_limit_s": 40, "val_max_pairs": 8},
@@ -65,6 +62,7 @@ PLANS: dict[str, BootstrapPlan] = {
             "batch_size": 16,
         },
         progression_overrides={"epochs": 1, "samples_per_epoch": 16, "max_steps": 2, "base_channels": 4, "crop_size": 64, "val_max_pairs": 4},
+        classifier_preset="quick",
     ),
 }
 
@@ -157,8 +155,8 @@ def bootstrap(
         from alzprog.training.classifier import train_classifier
         from alzprog.training.config import load_config
 
-        cfg = load_config("classifier", "quick", overrides=p.classifier_overrides)
-        with _Timer(report, "train the quick stage classifier", echo):
+        cfg = load_config("classifier", p.classifier_preset, overrides=p.classifier_overrides)
+        with _Timer(report, f"train the {p.classifier_preset} stage classifier", echo):
             result = train_classifier(cfg, split_dir, out_dir=work / "classifier", register=True, promote=True, progress=echo)
         report.trained.append(f"{CLASSIFIER_MODEL_NAME} v{result.version} (val macro-F1 {result.best_val_macro_f1:.3f})")
 

@@ -25,10 +25,11 @@ def register(groups: dict[str, argparse._SubParsersAction], top: argparse._SubPa
         "Values: preset YAML < --config FILE < flags. Multi-GPU: torchrun --nproc_per_node N -m alzprog train classifier ...",
     )
     p.add_argument("--split", type=Path, required=True, help="split folder from `alzprog data split`")
-    p.add_argument("--preset", default="full", choices=("quick", "full"), help="quick: small EfficientNet for CPUs; full: B4 recipe")
+    p.add_argument("--preset", default="transfer", choices=("transfer", "quick", "full"),
+                   help="transfer: EfficientNet-Lite0 from the packaged ImageNet weights (the default); quick: small EfficientNet from scratch for tests; full: the B4 recipe (torchvision weights)")
     p.add_argument("--config", type=Path, default=None, help="YAML file whose values override the preset")
-    p.add_argument("--pretrained", choices=("imagenet", "none"), default=None, help="ImageNet weights from the torch hub cache, or none")
-    p.add_argument("--arch", default=None, help="efficientnet_b0 ... efficientnet_b7")
+    p.add_argument("--pretrained", choices=("imagenet", "none"), default=None, help="imagenet: the packaged Lite weights or the torch hub cache (B4); none: from scratch")
+    p.add_argument("--arch", default=None, help="efficientnet_lite0|1|2 or efficientnet_b0 ... efficientnet_b7")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--phase1-epochs", type=int, default=None, help="frozen-backbone epochs")
@@ -66,6 +67,10 @@ def register(groups: dict[str, argparse._SubParsersAction], top: argparse._SubPa
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--shuffle-labels", action="store_true",
                    help="permute the test labels across subjects (null check: scores must fall to chance)")
+    p.add_argument("--control", default=None,
+                   help="the random-label control model (trained with --shuffle-labels), scored beside the model")
+    p.add_argument("--no-baselines", dest="baselines", action="store_false",
+                   help="skip the morphometric baseline and the ground-truth oracle")
     p.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="do not attach the report to the training run")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_evaluate)
@@ -116,7 +121,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     r = evaluate_classifier(
         args.split, args.model, args.out, n_boot=args.bootstrap, seed=args.seed, device=args.device,
         batch_size=args.batch_size, shuffle_labels=args.shuffle_labels, log_to_mlflow=args.mlflow,
-        progress=args.progress,
+        progress=args.progress, control=args.control, baselines=args.baselines,
     )
     s, sl = r["subject"], r["slice"]
     print(f"subject level (n={s['n_subjects']}): macro-F1 {s['macro_f1']:.3f} "
@@ -124,6 +129,8 @@ def _evaluate(args: argparse.Namespace) -> int:
           f"balanced accuracy {s['balanced_accuracy']:.3f}")
     print(f"slice level (n={sl['n_slices']}): macro-F1 {sl['macro_f1']:.3f}, accuracy {sl['accuracy']:.3f} "
           f"vs majority {sl['majority_accuracy']:.3f}")
+    for name, b in r.get("baselines", {}).items():
+        print(f"  {name}: subject macro-F1 {b['macro_f1']:.3f} [{b['macro_f1_ci'][0]:.3f}, {b['macro_f1_ci'][1]:.3f}]")
     print(f"ECE {r['ece_before']:.4f} -> {r['ece_after']:.4f}; report: {Path(args.out) / 'report.json'}")
     return 0
 

@@ -134,12 +134,17 @@ def evaluate_classifier(
     shuffle_labels: bool = False,
     log_to_mlflow: bool = True,
     progress: bool = True,
+    control: str | Path | None = None,
+    baselines: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a model on ``split_dir/test.csv`` and write ``report.json``, ``report.md`` and plots.
 
     ``model`` is ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or an artifact folder.
     With ``shuffle_labels`` the test labels are permuted across subjects (a null check of the
-    pipeline: every score must fall to chance). Returns the report dict.
+    pipeline: every score must fall to chance). ``control``: the random-label control model
+    (trained with ``--shuffle-labels`` on the same split), scored on the same subjects. With
+    ``baselines`` the morphometric baseline and, on the phantom, the ground-truth-morphometry
+    oracle are fitted on the training subjects and scored beside the model. Returns the report dict.
     """
     from alzprog.artifacts import load_artifact
     from alzprog.data.dataset import CanonicalCache, StageSliceDataset
@@ -191,6 +196,44 @@ def evaluate_classifier(
     slice_rep["n_slices"] = int(len(y))
     subj_rep["n_subjects"] = int(len(subject_ids))
 
+    def subject_level(p: np.ndarray) -> dict[str, Any]:
+        _, sp, _ = cm.subject_soft_vote(p, y, subj_of_row)
+        rep = _level_report(slabels, sp.argmax(1), majority, evaluable, [np.array([i]) for i in range(len(subject_ids))],
+                            n_boot, seed)
+        return {k: rep[k] for k in ("macro_f1", "macro_f1_ci", "balanced_accuracy", "balanced_accuracy_ci", "per_class")}
+
+    compared: dict[str, Any] = {
+        "majority": {"macro_f1": subj_rep["majority_macro_f1"], "macro_f1_ci": subj_rep["majority_macro_f1_ci"],
+                     "balanced_accuracy": subj_rep["majority_balanced_accuracy"],
+                     "balanced_accuracy_ci": subj_rep["majority_balanced_accuracy_ci"],
+                     "what": f"always {STAGES[majority]} (the most frequent training stage)"},
+    }
+    if control is not None:
+        c_dir, c_info = _resolve(control)
+        c_art = load_artifact(c_dir, device=dev)
+        check_unseen_subjects(c_art.config, sorted(test["subject"].astype(str).unique()))
+        c_ds = StageSliceDataset(test, cache, int(c_art.config["image_size"]), False, c_art.config["mean"], c_art.config["std"])
+        c_logits = predict_logits(c_art.model, c_ds, dev, batch_size, None, False, desc="control", progress=progress)
+        compared["random_label_control"] = {
+            **subject_level(cm.softmax(c_logits, float(c_art.config.get("temperature", 1.0)))),
+            "what": "the same recipe trained on labels permuted across subjects", "model": c_info,
+            "trained_with_shuffled_labels": bool((c_art.config.get("training") or {}).get("shuffle_labels", False)),
+        }
+    if baselines:
+        from alzprog.evaluation.baselines import morphometric_baseline, oracle_baseline
+
+        train_frame = frames["train"].reset_index(drop=True)
+        compared["morphometric"] = {
+            **subject_level(morphometric_baseline(train_frame, test, progress=progress, seed=seed)),
+            "what": "logistic regression on our image morphometry (brain, CSF, ventricle, cortical-rim measures), subject soft voting",
+        }
+        oracle = oracle_baseline(train_frame, test, seed=seed)
+        if oracle is not None:
+            compared["ground_truth_oracle"] = {
+                **subject_level(oracle),
+                "what": "the same regression on the phantom's true areas (ventricle, hippocampus, cortex / brain; brain area)",
+            }
+
     sub_png = _confusion_png(subj_rep["confusion_matrix"], out / "confusion_matrix_subject.png",
                              f"test subjects (n={len(subject_ids)}), soft voting")
     sl_png = _confusion_png(slice_rep["confusion_matrix"], out / "confusion_matrix_slice.png",
@@ -211,6 +254,7 @@ def evaluate_classifier(
         "not_evaluable_stages": not_evaluable,
         "subject": subj_rep,
         "slice": slice_rep,
+        "baselines": compared,
         "ece_before": cm.expected_calibration_error(probs_raw, y),
         "ece_after": cm.expected_calibration_error(probs, y),
         "n_bootstrap": n_boot,
@@ -318,6 +362,14 @@ def report_markdown(r: dict[str, Any]) -> str:
         for k in ("macro_f1", "balanced_accuracy", "accuracy"):
             lines.append(f"| {level} | {d[n_key]} | {k.replace('_', ' ')} | {_fmt(d[k], d[k + '_ci'])} "
                          f"| {_fmt(d['majority_' + k], d['majority_' + k + '_ci'])} |")
+    if r.get("baselines"):
+        lines += ["", "## The model beside its baselines (test subjects, soft voting)", "",
+                  "| | subject macro-F1 [95% CI] | balanced accuracy [95% CI] | what |", "|---|---|---|---|",
+                  f"| **model** | **{_fmt(r['subject']['macro_f1'], r['subject']['macro_f1_ci'])}** "
+                  f"| {_fmt(r['subject']['balanced_accuracy'], r['subject']['balanced_accuracy_ci'])} | this model |"]
+        for name, b in r["baselines"].items():
+            lines.append(f"| {name.replace('_', ' ')} | {_fmt(b['macro_f1'], b.get('macro_f1_ci'))} "
+                         f"| {_fmt(b['balanced_accuracy'], b.get('balanced_accuracy_ci'))} | {b['what']} |")
     lines += ["", f"Calibration (test slices): ECE {r['ece_before']:.4f} before, {r['ece_after']:.4f} after "
               f"temperature scaling (T={m['temperature']:.3f}, fitted on validation).", ""]
     for level in ("subject", "slice"):

@@ -92,6 +92,12 @@ class LiteConfig:
     # PyTorch's default rather than TF's 0.01: a short fine-tune on MRI must move the
     # ImageNet running statistics noticeably, or evaluation uses stale ones.
     bn_momentum: float = 0.1
+    # Multi-scale head: the stages (1-7) whose outputs are average-pooled and concatenated for
+    # the classifier; the network ends at the last of them (no later stages, no head conv).
+    # None: the standard 1280-channel head. Disease staging turns on fine anatomy (ventricle and
+    # sulcal outlines) that mid-level ImageNet features describe better than the last ones
+    # (docs/classifier.md has the linear-probe comparison).
+    feature_stages: tuple[int, ...] | None = None
 
     @classmethod
     def for_arch(cls, arch: str, **overrides: float | int) -> "LiteConfig":
@@ -196,14 +202,37 @@ class EfficientNetLite(nn.Module):
                 blocks.append(MBConv(cin, cout, kernel, stride, expand, cfg.drop_path * index / total, cfg))
                 index += 1
             layers.append(nn.Sequential(*blocks))
-        layers.append(ConvBN(plan[-1][-1][1], HEAD_CHANNELS, 1, 1, cfg))
+        if cfg.feature_stages is None:
+            layers.append(ConvBN(plan[-1][-1][1], HEAD_CHANNELS, 1, 1, cfg))
+            self.taps: tuple[int, ...] = (len(layers) - 1,)
+            width = HEAD_CHANNELS
+        else:
+            stages = tuple(sorted(set(int(s) for s in cfg.feature_stages)))
+            if not stages or stages[0] < 1 or stages[-1] > len(plan):
+                raise ValueError(f"feature_stages must lie in 1..{len(plan)}, got {cfg.feature_stages}")
+            layers = layers[: stages[-1] + 1]
+            self.taps = stages  # features[s] is stage s's output
+            width = sum(plan[s - 1][-1][1] for s in stages)
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(HEAD_CHANNELS, cfg.num_classes))
+        if cfg.feature_stages is None:
+            self.classifier = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(width, cfg.num_classes))
+        else:
+            # Stage outputs pooled from different depths differ in scale by orders of magnitude:
+            # a batch norm standardises them before the one linear layer sees them.
+            self.classifier = nn.Sequential(nn.BatchNorm1d(width, affine=False), nn.Dropout(cfg.dropout),
+                                            nn.Linear(width, cfg.num_classes))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled head features, (N, 1280): the input of the classifier."""
-        return torch.flatten(self.avgpool(self.features(x)), 1)
+        """Pooled features, (N, D): the input of the classifier (the head conv's, or the tapped stages' concatenated)."""
+        if len(self.taps) == 1 and self.taps[0] == len(self.features) - 1:
+            return torch.flatten(self.avgpool(self.features(x)), 1)
+        pooled = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.taps:
+                pooled.append(torch.flatten(self.avgpool(x), 1))
+        return torch.cat(pooled, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         return self.classifier(self.forward_features(x))

@@ -58,6 +58,8 @@ def build_stage_classifier(config: dict[str, Any]) -> nn.Module:
             overrides["dropout"] = float(config["dropout"])
         if config.get("stochastic_depth_prob") is not None:
             overrides["drop_path"] = float(config["stochastic_depth_prob"])
+        if config.get("feature_stages"):
+            overrides["feature_stages"] = tuple(int(s) for s in config["feature_stages"])
         model = lite.build_efficientnet_lite(arch, **overrides)
     elif _is_scaled(config):
         settings, last_channel = tv_eff._efficientnet_conf(
@@ -98,6 +100,8 @@ def forward_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     Phase 1 of transfer learning may compute these once on a frozen backbone and train the
     head on them; ``head(model)(forward_features(model, x))`` equals the model's logits in eval.
     """
+    if hasattr(model, "forward_features"):
+        return model.forward_features(x)
     return torch.flatten(model.avgpool(model.features(x)), 1)
 
 
@@ -129,7 +133,9 @@ def load_imagenet_weights(model: nn.Module, arch: str) -> nn.Module:
     read the packaged weights, converted once to safetensors in ``<data_home>/pretrained/``.
     """
     if arch in LITE_ARCHS:
-        state = {k: v for k, v in lite.pretrained_state_dict(arch).items() if not k.startswith("classifier.")}
+        own = set(model.state_dict())
+        # A multi-scale model ends at its last tapped stage: the later ImageNet layers are not used.
+        state = {k: v for k, v in lite.pretrained_state_dict(arch).items() if not k.startswith("classifier.") and k in own}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or any(not k.startswith("classifier.") for k in missing):
             raise RuntimeError(f"ImageNet weights do not match {arch}: missing={missing[:5]} unexpected={unexpected[:5]}")
@@ -174,6 +180,7 @@ def classifier_config(
     pretrained: str = "imagenet",
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    feature_stages: list[int] | tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
     """The JSON config saved with a trained classifier (what serving needs to rebuild and feed it).
 
@@ -198,6 +205,8 @@ def classifier_config(
     }
     if dropout is not None:
         cfg["dropout"] = float(dropout)
+    if feature_stages:
+        cfg["feature_stages"] = [int(s) for s in feature_stages]
     if width_mult is not None or depth_mult is not None:
         cfg["width_mult"] = float(width_mult or 1.0)
         cfg["depth_mult"] = float(depth_mult or 1.0)

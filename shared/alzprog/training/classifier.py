@@ -106,6 +106,7 @@ def model_config_from(cfg: dict[str, Any], temperature: float = 1.0) -> dict[str
         width_mult=m.get("width_mult"),
         depth_mult=m.get("depth_mult"),
         dropout=m.get("dropout"),
+        feature_stages=m.get("feature_stages"),
         temperature=temperature,
         pretrained=str(cfg.get("pretrained", "imagenet")),
     )
@@ -366,13 +367,21 @@ def train_classifier(
             frozen = phase_name == "phase1"
             set_backbone_trainable(model, not frozen)
             params = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.Adam(params, lr=float(pcfg["lr"]))
+            optimizer = torch.optim.Adam(params, lr=float(pcfg["lr"]), weight_decay=float(pcfg.get("weight_decay", 0.0)))
             scheduler = None
             if not frozen:
                 scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                     optimizer, mode="max", factor=float(pcfg.get("plateau_factor", 0.5)),
                     patience=int(pcfg.get("plateau_patience", 2)),
                 )
+            if frozen and pretrained == "imagenet" and bool(pcfg.get("cached_features", False)):
+                # A frozen backbone computes the same features every epoch: compute them once
+                # (no augmentation), then train the head on them alone.
+                epoch_global = _head_on_cached_features(
+                    model, train_ds, val_ds, train_df, val_labels, val_subjects, cfg, pcfg, optimizer, device,
+                    amp, dist, history, best, epoch_global, mlflow if main else None, progress,
+                )
+                continue
             # DDP registers gradient hooks for the parameters that require grad at wrap time,
             # so the model is wrapped anew for each phase.
             net: nn.Module = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if dist.distributed else model
@@ -485,6 +494,94 @@ def train_classifier(
             mlflow.end_run()
         dist.cleanup()
         torch.set_num_threads(threads_before)
+
+
+@torch.no_grad()
+def pooled_features(model: nn.Module, ds, device: torch.device, batch_size: int, amp: bool = False,
+                    desc: str = "features", progress: bool = True) -> np.ndarray:
+    """The frozen backbone's pooled features (N, C) of every sample of ``ds``, in order (no augmentation)."""
+    from alzprog.data.dataset import classifier_batch
+    from alzprog.models.stage_classifier import forward_features
+
+    model.eval()
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+    chunks = []
+    for x, _, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        x = classifier_batch(x.to(device), ds.mean, ds.std, augment=False)
+        with autocast_context(device, amp):
+            chunks.append(forward_features(model, x).float().cpu())
+    return torch.cat(chunks).numpy()
+
+
+def _head_on_cached_features(model, train_ds, val_ds, train_df, val_labels, val_subjects, cfg, pcfg, optimizer,
+                             device, amp, dist: DistContext, history, best, epoch_global, mlflow, progress) -> int:
+    """Phase 1 on features computed once: epochs of the head alone over the same sampler the
+    image path uses; validation every epoch from the cached validation features. Every rank
+    computes the same (small) thing, so no gradient needs to be shared."""
+    bs = int(cfg.get("eval_batch_size", 64))
+    t0 = time.time()
+    ftrain = torch.from_numpy(pooled_features(model, train_ds, device, bs, amp, "phase1 features (train)", progress))
+    fval = torch.from_numpy(pooled_features(model, val_ds, device, bs, amp, "phase1 features (val)", progress))
+    feature_seconds = pass_seconds = time.time() - t0
+    ytrain = torch.as_tensor(np.array(train_ds.labels))
+    classifier = model.classifier.to(device)
+    norm = classifier[0] if isinstance(classifier[0], nn.BatchNorm1d) else None
+    if norm is not None:
+        # The cached features' own statistics: the head then trains on standardised inputs.
+        norm.running_mean.copy_(ftrain.mean(0).to(device))
+        norm.running_var.copy_(ftrain.var(0).to(device))
+    criterion = nn.CrossEntropyLoss()
+    for _ in range(int(pcfg["epochs"])):
+        epoch_global += 1
+        t1 = time.time()
+        classifier.train()
+        if norm is not None:
+            norm.eval()
+        sampler = _train_sampler(cfg, train_df, train_ds, DistContext(device=device), epoch_global)
+        order = torch.as_tensor(list(iter(sampler)))
+        tot, n, ys, ps = 0.0, 0, [], []
+        for i in range(0, len(order), int(cfg["batch_size"])):
+            idx = order[i : i + int(cfg["batch_size"])]
+            x, y = ftrain[idx].to(device), ytrain[idx].to(device)
+            logits = classifier(x)
+            loss = criterion(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            tot += loss.item() * len(y)
+            n += len(y)
+            ys.append(y.cpu().numpy())
+            ps.append(logits.argmax(1).detach().cpu().numpy())
+        classifier.eval()
+        with torch.no_grad():
+            vlogits = classifier(fval.to(device)).cpu().numpy()
+        v = evaluate_logits(vlogits, val_labels, val_subjects)
+        ty, tp = np.concatenate(ys), np.concatenate(ps)
+        row = {
+            "epoch": epoch_global, "phase": "phase1",
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": tot / max(n, 1),
+            "train_accuracy": cm.accuracy(ty, tp), "train_macro_f1": cm.macro_f1(ty, tp),
+            "val_loss": v["loss"], "val_accuracy": v["accuracy"], "val_macro_f1": v["macro_f1"],
+            "val_balanced_accuracy": v["balanced_accuracy"],
+            "val_subject_accuracy": v["subject_accuracy"], "val_subject_macro_f1": v["subject_macro_f1"],
+            "epoch_seconds": time.time() - t1 + feature_seconds,
+        }
+        feature_seconds = 0.0  # the one feature pass is counted in the first head epoch
+        history.append(row)
+        if (v["macro_f1"] > best["f1"] + 1e-9) or (abs(v["macro_f1"] - best["f1"]) <= 1e-9 and v["loss"] < best["loss"]):
+            best.update(f1=v["macro_f1"], loss=v["loss"], epoch=epoch_global,
+                        state={k: t.detach().cpu().clone() for k, t in model.state_dict().items()})
+        if mlflow is not None:
+            log.info("phase1 epoch %d (cached features): train loss %.4f F1 %.3f | val loss %.4f F1 %.3f subjF1 %.3f",
+                     epoch_global, row["train_loss"], row["train_macro_f1"], row["val_loss"], row["val_macro_f1"],
+                     row["val_subject_macro_f1"])
+            mlflow.log_metrics({k: float(row[k]) for k in row if k not in ("epoch", "phase") and row[k] == row[k]},
+                               step=epoch_global)
+    if mlflow is not None:
+        log.info("phase 1 on cached features: %d + %d slices in %.1f s, then %d head epochs",
+                 len(train_ds), len(val_ds), pass_seconds, int(pcfg["epochs"]))
+    return epoch_global
 
 
 def _finish_main(cfg, split_dir, model, best, history, train_df, val_df, val_ds, val_labels, val_subjects,
