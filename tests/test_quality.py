@@ -46,9 +46,10 @@ def _chest_like(seed: int = 0) -> np.ndarray:
 
 
 def test_every_phantom_slice_passes(tiny_phantom: Path):
-    """False alarms on the phantom: every slice of every subject (the held-out ones included)."""
-    paths = sorted((tiny_phantom / "Data").rglob("*.jpg"))
-    assert len(paths) >= 48
+    """False alarms on the phantom: every slice of every subject (the held-out ones included),
+    in ``Data/`` and at all four stages in ``longitudinal/``."""
+    paths = sorted((tiny_phantom / "Data").rglob("*.jpg")) + sorted((tiny_phantom / "longitudinal").rglob("*.jpg"))
+    assert len(paths) >= 48 + 192
     refused = {p.name: v for p in paths if (v := _verdict(read_slice(p))) != "pass"}
     assert refused == {}, f"{len(refused)}/{len(paths)} phantom slices refused: {refused}"
 
