@@ -364,3 +364,33 @@ def test_page_stages_a_whole_nifti_volume_and_lists_its_slices(live_stack, brows
         assert watch.problems == [], watch.problems
     finally:
         context.close()
+
+
+def test_model_card_panel_shows_the_registry_champions(live_stack, browser):
+    """/v1/model-card reads the real MLflow registry; the page's panel shows it when opened."""
+    import httpx
+
+    from services.gateway.schemas import ModelCard
+
+    card = ModelCard.model_validate(httpx.get(live_stack["gateway"] + "/v1/model-card", timeout=60).json())
+    versions = {m.name: m.version for m in card.models}
+    assert versions == {name: str(v) for name, v in live_stack["versions"].items()}
+    clf = card.models[0]
+    assert clf.available and clf.registered_at and clf.run_id
+    assert "val_macro_f1" in clf.tags and clf.metrics.get("best_val_macro_f1") is not None
+    assert all(not k.startswith(("mlflow.", "alzprog.artifact_sha256")) for m in card.models for k in (m.tags or {}))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context, page, watch = _open(browser, live_stack["frontend"] + "/", DESKTOP)
+    try:
+        page.click("#model-card summary")
+        page.wait_for_selector("#model-card-table tbody tr", timeout=60000)
+        rows = page.locator("#model-card-table tbody tr")
+        assert rows.count() == len(card.models)
+        for i, m in enumerate(card.models):
+            assert rows.nth(i).get_attribute("data-model") == m.name
+            assert f"v{m.version}" in rows.nth(i).inner_text()
+        assert "not for diagnosis" in page.inner_text("#model-card-use")
+        page.locator("#model-card").screenshot(path=str(ARTIFACTS / "page_model_card.png"))
+        assert watch.problems == [], watch.problems
+    finally:
+        context.close()

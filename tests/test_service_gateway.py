@@ -739,3 +739,22 @@ def test_volume_refuses_what_is_not_a_brain_volume(make_gateway, sample_bytes):
         assert r.json()["error"]["code"] == code
     bad = gw.post("/volume", files={"file": ("upload", nifti(np.zeros((8, 8, 8), np.int16)))}, data={"from_stage": "Severe"})
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "bad_stage"
+
+
+# ----------------------------------------------------------------------------- model card
+def test_model_card_says_what_the_registry_holds_and_503_when_it_is_down(make_gateway, monkeypatch, tmp_path):
+    from services.gateway.schemas import ModelCard
+
+    # An empty registry: every served model is listed as not registered.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    r = make_gateway().get("/v1/model-card")
+    assert r.status_code == 200, r.text
+    card = ModelCard.model_validate(r.json())
+    assert [m.name for m in card.models] == [CLASSIFIER_MODEL_NAME] + [progression_model_name(t[0]) for t in TRANSITIONS]
+    assert all(not m.available and "no champion" in m.detail for m in card.models)
+    assert "not for diagnosis" in card.intended_use
+    # A registry that cannot be reached: a clear 503, never a hang or a 500.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{dead_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    r = make_gateway().get("/v1/model-card")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "registry_unavailable"

@@ -26,7 +26,7 @@ from alzprog.constants import STAGES, TRANSITIONS, progression_model_name, stage
 
 from services.common.app import Lifecycle, build_app, serve
 from services.common.cpu import available_cpus
-from services.common.errors import ERROR_RESPONSES, ServiceError
+from services.common.errors import ERROR_RESPONSES, ServiceError, unavailable
 from services.common.logs import configure_logging
 from services.common.timing import HEADER as TIMING_HEADER
 from services.common.timing import ServerTiming
@@ -36,7 +36,7 @@ from services.gateway.auth import ApiKeyMiddleware
 from services.gateway.cache import ResultCache, SingleFlight
 from services.gateway.clients import BackendClient, CircuitBreaker
 from services.gateway.ratelimit import RateLimiter
-from services.gateway.schemas import PredictResponse, ProgressionResponse, ReadyResponse, VolumeResponse
+from services.gateway.schemas import ModelCard, PredictResponse, ProgressionResponse, ReadyResponse, VolumeResponse
 from services.gateway.settings import Settings, get_settings
 from services.gateway.uploads import Decoder, SliceUpload, Upload, compute_brain_mask, decode_to_canonical, png_data_url
 
@@ -50,6 +50,9 @@ PROGRESSION_FIELDS = ("steps", "generator_models", "input_morphometry")
 # entry written by an older gateway (without the change maps) is never served as complete.
 PROGRESSION_SHAPE = "maps1"
 RESULT_ERRORS = {k: ERROR_RESPONSES[k] for k in (400, 413, 415, 422, 429, 503)}
+# Seconds a model card read from the registry is reused.
+MODEL_CARD_TTL_S = 60.0
+MODEL_CARD_DEADLINE_S = 20.0
 # Slices of one volume sent to the classifier at once.
 VOLUME_CLASSIFY_CONCURRENCY = 2
 
@@ -440,6 +443,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         timing.add("total", time.perf_counter() - t0)
         return JSONResponse(result, headers={**NO_STORE, **timing.as_headers()})
+
+    card_cache: dict[str, Any] = {}
+
+    @app.get("/v1/model-card", tags=["models"], response_model=ModelCard, responses={503: ERROR_RESPONSES[503]})
+    async def model_card_route() -> JSONResponse:
+        """What the served models are: per model its champion version and date, what it was
+        trained on and its recorded figures, read from the MLflow registry (kept for a minute)."""
+        now = time.monotonic()
+        if card_cache.get("at") is None or now - card_cache["at"] > MODEL_CARD_TTL_S:
+            import os
+
+            from alzprog.model_card import model_card
+
+            # The card is the gateway's only MLflow call: a registry that is down answers a quick
+            # 503, not minutes of the client's retries.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+            try:
+                card = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, model_card), MODEL_CARD_DEADLINE_S)
+            except Exception as exc:  # noqa: BLE001 - the registry is down or unreachable
+                if "card" in card_cache:
+                    return JSONResponse(card_cache["card"], headers={"Cache-Control": "no-store"})
+                raise unavailable("registry_unavailable", f"the model registry could not be read ({type(exc).__name__})", retry_after=5) from None
+            card_cache.update(card=card, at=now)
+        return JSONResponse(card_cache["card"], headers={"Cache-Control": "no-store"})
 
     @app.post("/volume", tags=["results"], response_model=VolumeResponse, responses=RESULT_ERRORS)
     async def volume(

@@ -143,3 +143,24 @@ class VolumeResponse(BaseModel):
     generator_models: list[ModelVersion] | None = None
     input_morphometry: Morphometrics | None = None
     cached: bool = Field(description="true when every part of this answer came from the result cache")
+
+
+class ModelCardEntry(BaseModel):
+    name: str
+    alias: str
+    available: bool
+    detail: str | None = None
+    version: str | None = None
+    registered_at: str | None = Field(None, description="when this version was registered (ISO 8601, UTC)")
+    run_id: str | None = None
+    data_kind: str | None = Field(None, description="synthetic phantom, real (OASIS) or unknown, from what the run recorded")
+    tags: dict[str, str] | None = Field(None, description="the version's registry tags (training preset, validation macro-F1, ...)")
+    params: dict[str, str] | None = Field(None, description="the training run's parameters")
+    metrics: dict[str, float] | None = Field(None, description="the training run's metrics")
+
+
+class ModelCard(BaseModel):
+    registry: str
+    alias: str
+    models: list[ModelCardEntry]
+    intended_use: str

@@ -545,6 +545,55 @@
     const files = event.dataTransfer && event.dataTransfer.files;
     if (files && files[0]) chooseFile(files[0]);
   });
+  // The model card: read from the registry (through the gateway) when the panel is opened.
+  const card = {
+    details: $("model-card"),
+    status: $("model-card-status"),
+    body: document.querySelector("#model-card-table tbody"),
+    use: $("model-card-use"),
+    loaded: false,
+  };
+
+  function figuresText(entry) {
+    const parts = [];
+    const metrics = entry.metrics || {};
+    for (const key of Object.keys(metrics).sort()) {
+      if (/f1|fidelity|ssim|ece|accuracy/i.test(key)) parts.push(key + " " + Number(metrics[key]).toFixed(3));
+    }
+    const tags = entry.tags || {};
+    for (const key of ["preset", "variant", "transition"]) if (tags[key]) parts.push(key + " " + tags[key]);
+    return parts.join(", ") || "–";
+  }
+
+  async function loadModelCard() {
+    if (card.loaded) return;
+    card.loaded = true;
+    try {
+      const response = await fetch("api/v1/model-card", { headers: { Accept: "application/json" }, cache: "no-store" });
+      const data = await response.json();
+      if (!response.ok) throw new Error((data && data.error && data.error.message) || "HTTP " + response.status);
+      card.body.replaceChildren();
+      for (const entry of data.models || []) {
+        const tr = document.createElement("tr");
+        tr.dataset.model = entry.name;
+        tr.appendChild(cell("th", entry.name));
+        tr.appendChild(cell("td", entry.available ? "v" + entry.version : "not registered"));
+        tr.appendChild(cell("td", entry.registered_at ? entry.registered_at.slice(0, 10) : "–"));
+        tr.appendChild(cell("td", entry.data_kind || "–"));
+        tr.appendChild(cell("td", entry.available ? figuresText(entry) : entry.detail || ""));
+        card.body.appendChild(tr);
+      }
+      card.use.textContent = data.intended_use || "";
+      card.status.hidden = true;
+    } catch (err) {
+      card.loaded = false;
+      card.status.textContent = "The model card could not be loaded: " + (err && err.message ? err.message : String(err));
+    }
+  }
+  card.details.addEventListener("toggle", () => {
+    if (card.details.open) loadModelCard();
+  });
+
   // A file dropped outside the zone must not navigate away from the page.
   window.addEventListener("dragover", (event) => event.preventDefault());
   window.addEventListener("drop", (event) => event.preventDefault());
