@@ -30,7 +30,7 @@ def served_model_names() -> list[str]:
 
 def _data_kind(params: dict[str, str], tags: dict[str, str]) -> str:
     text = " ".join(list(params.values()) + list(tags.values())).lower()
-    if "phantom" in text or "tiny" in text or "quick" in text:
+    if "phantom" in text:
         return "synthetic phantom"
     if "oasis" in text:
         return "real (OASIS)"
