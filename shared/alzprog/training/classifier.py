@@ -129,7 +129,7 @@ def _class_weights(labels: np.ndarray) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def _train_sampler(cfg, frame, ds, dist: DistContext, epoch: int):
+def _train_sampler(cfg, frame, ds, dist: DistContext, epoch: int, samples_per_epoch: int | None = None):
     seed = int(cfg["seed"])
     g = torch.Generator()
     g.manual_seed(seed * 1000 + epoch * 17 + dist.rank)
@@ -138,7 +138,8 @@ def _train_sampler(cfg, frame, ds, dist: DistContext, epoch: int):
 
         # Independent weighted draws per rank (with replacement) shard a weighted sampler exactly.
         weights = torch.as_tensor(subject_balanced_weights(frame), dtype=torch.double)
-        return WeightedRandomSampler(weights, math.ceil(len(ds) / dist.world_size), replacement=True, generator=g)
+        n = int(samples_per_epoch or len(ds))
+        return WeightedRandomSampler(weights, math.ceil(n / dist.world_size), replacement=True, generator=g)
     if dist.distributed:
         s = DistributedSampler(ds, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=seed)
         s.set_epoch(epoch)
@@ -392,7 +393,13 @@ def train_classifier(
                 if frozen and pretrained == "imagenet":
                     # A frozen pretrained backbone keeps its ImageNet batch-norm statistics.
                     _unwrap(net).features.eval()
-                sampler = _train_sampler(cfg, train_df, train_ds, dist, epoch_global)
+                if not frozen and pcfg.get("freeze_bn", False):
+                    # Small CPU batches give noisy batch statistics: fine-tune the weights and
+                    # keep the pretrained (and phase-1) normalisation.
+                    for mod in _unwrap(net).modules():
+                        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                            mod.eval()
+                sampler = _train_sampler(cfg, train_df, train_ds, dist, epoch_global, pcfg.get("samples_per_epoch"))
                 loader = DataLoader(
                     train_ds, batch_size=int(cfg["batch_size"]), sampler=sampler,
                     num_workers=int(cfg.get("num_workers", 0)), drop_last=False,
@@ -513,6 +520,37 @@ def pooled_features(model: nn.Module, ds, device: torch.device, batch_size: int,
     return torch.cat(chunks).numpy()
 
 
+def _cached_features(model: nn.Module, ds, device: torch.device, batch_size: int, amp: bool, desc: str,
+                     progress: bool) -> np.ndarray:
+    """:func:`pooled_features`, kept on disk under ``<data_home>/cache/features-<key>.npy``.
+
+    The key hashes the frozen backbone's weights, the input size and normalisation and the
+    dataset's canonical pixels (the canonical cache's own content key and the row order), so a
+    rerun or the random-label control of the same split reuses them, and any change recomputes.
+    """
+    from alzprog.paths import data_home
+
+    if getattr(ds.cache, "directory", None) is None:
+        return pooled_features(model, ds, device, batch_size, amp, desc, progress)
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if not name.startswith("classifier."):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps([ds.size, ds.mean, ds.std, str(ds.cache.directory.name)]).encode())
+    h.update(np.asarray(ds.rows, dtype=np.int64).tobytes())
+    path = data_home() / "cache" / f"features-{h.hexdigest()[:24]}.npy"
+    if path.is_file():
+        log.info("%s: reusing %s", desc, path)
+        return np.load(path)
+    feats = pooled_features(model, ds, device, batch_size, amp, desc, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, feats)
+    tmp.replace(path)
+    return feats
+
+
 def _head_on_cached_features(model, train_ds, val_ds, train_df, val_labels, val_subjects, cfg, pcfg, optimizer,
                              device, amp, dist: DistContext, history, best, epoch_global, mlflow, progress) -> int:
     """Phase 1 on features computed once: epochs of the head alone over the same sampler the
@@ -520,8 +558,8 @@ def _head_on_cached_features(model, train_ds, val_ds, train_df, val_labels, val_
     computes the same (small) thing, so no gradient needs to be shared."""
     bs = int(cfg.get("eval_batch_size", 64))
     t0 = time.time()
-    ftrain = torch.from_numpy(pooled_features(model, train_ds, device, bs, amp, "phase1 features (train)", progress))
-    fval = torch.from_numpy(pooled_features(model, val_ds, device, bs, amp, "phase1 features (val)", progress))
+    ftrain = torch.from_numpy(_cached_features(model, train_ds, device, bs, amp, "phase1 features (train)", progress))
+    fval = torch.from_numpy(_cached_features(model, val_ds, device, bs, amp, "phase1 features (val)", progress))
     feature_seconds = pass_seconds = time.time() - t0
     ytrain = torch.as_tensor(np.array(train_ds.labels))
     classifier = model.classifier.to(device)
