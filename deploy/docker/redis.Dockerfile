@@ -17,4 +17,7 @@ WORKDIR /data
 USER 999:999
 EXPOSE 6379
 HEALTHCHECK --interval=5s --timeout=3s --retries=10 CMD ["redis-cli", "ping"]
-CMD ["redis-server", "--bind", "0.0.0.0", "--protected-mode", "no"]
+# As the official image's entrypoint does: without a config file Redis runs in protected mode
+# and refuses every client that is not on loopback, so other containers could not use it.
+ENTRYPOINT ["sh", "-c", "if [ \"$1\" = redis-server ]; then shift; exec redis-server \"$@\" --protected-mode no; fi; exec \"$@\"", "--"]
+CMD ["redis-server"]
