@@ -606,6 +606,25 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 )
 
 
+def _empty_registry(folder) -> str:
+    """A sqlite MLflow store with its schema created (slow once), holding no model."""
+    import os
+
+    from alzprog.model_card import model_card
+
+    uri = f"sqlite:///{folder / 'registry.db'}"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        model_card()
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+    return uri
+
+
 @pytest.fixture(scope="module")
 def gateway_process(backends, tmp_path_factory):
     from conftest import free_port
@@ -615,6 +634,8 @@ def gateway_process(backends, tmp_path_factory):
         "GATEWAY_GENERATOR_URL": backends["generator"].url,
         "REDIS_URL": "",
         "GATEWAY_MAX_BODY_BYTES": str(2 * 1024 * 1024),
+        # An empty registry, its schema made here: /v1/model-card answers at once.
+        "MLFLOW_TRACKING_URI": _empty_registry(tmp_path_factory.mktemp("gw_schema_registry")),
     }
     gw = start_service("gateway", free_port(), env, tmp_path_factory.mktemp("gw_schema_logs"))
     try:
@@ -747,6 +768,9 @@ def test_model_card_says_what_the_registry_holds_and_503_when_it_is_down(make_ga
 
     # An empty registry: every served model is listed as not registered.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    from alzprog.model_card import model_card
+
+    model_card()  # creates the sqlite store's schema here (slow once), not inside the request
     r = make_gateway().get("/v1/model-card")
     assert r.status_code == 200, r.text
     card = ModelCard.model_validate(r.json())

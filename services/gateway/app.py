@@ -52,7 +52,7 @@ PROGRESSION_SHAPE = "maps1"
 RESULT_ERRORS = {k: ERROR_RESPONSES[k] for k in (400, 413, 415, 422, 429, 503)}
 # Seconds a model card read from the registry is reused.
 MODEL_CARD_TTL_S = 60.0
-MODEL_CARD_DEADLINE_S = 20.0
+MODEL_CARD_DEADLINE_S = 10.0
 # Slices of one volume sent to the classifier at once.
 VOLUME_CLASSIFY_CONCURRENCY = 2
 
