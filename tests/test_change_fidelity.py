@@ -100,3 +100,39 @@ def test_report_markdown_has_the_change_table(pairs) -> None:
     md = report_markdown({"nd-vmd": {**row, "n_pairs": 3, "change_fidelity": fid}})
     line = [ln for ln in md.splitlines() if ln.startswith("| nd-vmd |")][-1]
     assert "| 1.000 | n/a | 0.000 | 1.000 | 1.000 | n/a | 0.000 |" in line
+
+
+def _disk_brain(radius: float, size: int = 96) -> np.ndarray:
+    """A bright brain disk with a dark ventricle of ``radius`` pixels (uint8)."""
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2)
+    img = np.where(r < 40, 180, 0).astype(np.uint8)
+    img[r < radius] = 20
+    return img
+
+
+def test_gain_calibration_restores_the_amount_of_change():
+    """A generator that reproduces half the ventricle growth gets a gain of about 2."""
+    import torch
+
+    from alzprog.training.progression import PairData, calibrate_gain
+
+    class HalfGrowth(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gain = 1.0
+
+        def forward(self, x, mask=None):
+            # Grows the ventricle by gain * 3 px where the truth grows it by 6 px.
+            img = torch.from_numpy(_disk_brain(10 + 3 * self.gain)).float() / 127.5 - 1
+            return img.expand(x.shape[0], 1, *img.shape)
+
+    src = np.stack([_disk_brain(10)] * 4)
+    tgt = np.stack([_disk_brain(16)] * 4)
+    masks = np.stack([_disk_brain(0) > 0] * 4)
+    val = PairData(source=src, target=tgt, source_mask=masks, target_mask=masks, paired=True, weights=np.ones(4))
+    model = HalfGrowth()
+    c = calibrate_gain(model, val, torch.device("cpu"))
+    assert c["growth_ratio_at_1"] == pytest.approx(0.5, abs=0.15)
+    assert c["gain"] == 2.0 and c["growth_ratio"] == pytest.approx(1.0, abs=0.15)
+    assert model.gain == 1.0  # the caller decides whether to apply it

@@ -75,6 +75,7 @@ class GeneratorConfig:
     norm: str = "batch"  # U-Net normalisation: "batch" or "none" (no train/eval gap when training on crops)
     max_disp: float = 4.0  # deform: bound of the displacement, in pixels of the frame
     max_residual: float = 0.1  # deform: bound of the smooth intensity residual, in [-1, 1] units
+    gain: float = 1.0  # deform: scale of the predicted fields, calibrated on validation pairs after training
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> "GeneratorConfig":
@@ -303,9 +304,13 @@ class DeformGenerator(nn.Module):
     """
 
     def __init__(self, base_channels: int = 16, depth: int = 2, max_disp: float = 4.0, max_residual: float = 0.1,
-                 norm: str = "none") -> None:
+                 norm: str = "none", gain: float = 1.0) -> None:
         super().__init__()
         c = base_channels
+        # A regression to a noisy future learns the expected change, which under-states the
+        # change of any one subject; the gain (fitted on validation pairs after training, see
+        # training.progression.calibrate_gain) restores its amount and leaves its pattern as is.
+        self.gain = float(gain)
         self.max_disp = float(max_disp)
         self.max_residual = float(max_residual)
         self.encoder = nn.Sequential(
@@ -329,7 +334,8 @@ class DeformGenerator(nn.Module):
         """(displacement ``(N, 2, H, W)`` in pixels, x then y; residual ``(N, 1, H, W)``)."""
         h = self.down_and_up(self.encoder(torch.cat([image, mask], dim=1)))
         raw = F.interpolate(self.head(h), size=image.shape[-2:], mode="bilinear", align_corners=False)
-        return self.max_disp * torch.tanh(raw[:, :2]), self.max_residual * torch.tanh(raw[:, 2:3])
+        g = self.gain
+        return g * self.max_disp * torch.tanh(raw[:, :2]), g * self.max_residual * torch.tanh(raw[:, 2:3])
 
     def displacement(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The displacement field ``(N, 2, H, W)`` in pixels (channel 0 along x, 1 along y): output
@@ -444,7 +450,7 @@ def build_generator(config: dict[str, Any]) -> nn.Module:
         if cfg.arch == "unet":
             return ResidualUNetGenerator(cfg.base_channels, cfg.depth, cfg.max_change, cfg.norm)
         if cfg.arch == "deform":
-            return DeformGenerator(cfg.base_channels, cfg.depth, cfg.max_disp, cfg.max_residual, cfg.norm)
+            return DeformGenerator(cfg.base_channels, cfg.depth, cfg.max_disp, cfg.max_residual, cfg.norm, cfg.gain)
         raise ValueError(f"unknown generator arch {cfg.arch!r}; expected one of {ARCHS}")
     raise ValueError(f"unknown progression generator variant {cfg.variant!r}; expected one of {VARIANTS}")
 

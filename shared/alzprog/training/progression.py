@@ -570,6 +570,14 @@ def train_transition(
             mlflow.log_artifact(str(out / "history.json"))
             mlflow.log_metric("images_per_second", ips)
             final = _unwrap(gen).cpu().eval()
+            if hasattr(final, "gain") and val_data is not None and bool(cfg.get("calibrate_gain", True)):
+                calibration = calibrate_gain(final, val_data, torch.device("cpu"))
+                final.gain = model_cfg["gain"] = calibration["gain"]
+                model_cfg["gain_calibration"] = calibration
+                mlflow.log_metrics({"gain": calibration["gain"], "val_growth_ratio_calibrated": calibration["growth_ratio"],
+                                    "val_change_corr_calibrated": calibration["change_corr"]})
+                log.info("%s: change gain %.2f (validation growth ratio %.3f -> %.3f)", transition, calibration["gain"],
+                         calibration["growth_ratio_at_1"], calibration["growth_ratio"])
             example = stack_input(torch.zeros(1, 1, 256, 256).uniform_(-1, 1), (torch.rand(1, 1, 256, 256) > 0.3).float())
             model_cfg["training"] = {"run_id": run.info.run_id, "preset": cfg.get("preset"), "epochs_run": len(history), "steps": step, "paired": paired}
             save_artifact(artifact_dir, final, model_cfg, example, onnx_atol=float(cfg.get("onnx_atol", 1e-4)))
@@ -689,6 +697,38 @@ def _patch_w(mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+GAIN_GRID = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0)
+
+
+@torch.no_grad()
+def calibrate_gain(gen: nn.Module, val: PairData, device: torch.device, grid: Sequence[float] = GAIN_GRID) -> dict[str, Any]:
+    """The field gain whose pooled validation growth ratio is nearest 1, among the gains whose
+    in-brain MSE to the true future is no worse than the identity's (else 1).
+
+    Like temperature scaling for the classifier: fitted on validation pairs only, it changes how
+    much the generator moves the brain, not where (the change correlation is scale-free).
+    """
+    from alzprog.evaluation.progression import change_fidelity
+
+    mask = val.source_mask | val.target_mask
+    identity_mse = brain_metrics(val.source, val.target, mask)["mse_brain"]
+    before = float(gen.gain)
+    rows = []
+    try:
+        for g in grid:
+            gen.gain = float(g)
+            pred = generate(gen, val.source, val.source_mask, device)
+            fid = change_fidelity(val.source, pred, val.target, val.source_mask, mask)
+            rows.append({"gain": float(g), "growth_ratio": fid["growth_ratio"], "change_corr": fid["change_corr"],
+                         "mse_brain": brain_metrics(pred, val.target, mask)["mse_brain"]})
+    finally:
+        gen.gain = before
+    ok = [r for r in rows if r["mse_brain"] <= identity_mse and np.isfinite(r["growth_ratio"]) and r["growth_ratio"] > 0]
+    best = min(ok, key=lambda r: abs(np.log(r["growth_ratio"]))) if ok else rows[0]
+    return {**best, "growth_ratio_at_1": rows[0]["growth_ratio"], "identity_mse_brain": identity_mse,
+            "n_pairs": int(len(val.source)), "grid": rows}
 
 
 def _validate(gen: nn.Module, val: PairData, device: torch.device, out: Path, epoch: int) -> dict[str, float]:
