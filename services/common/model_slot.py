@@ -131,6 +131,16 @@ class ModelSlot(Generic[T]):
         """Check the alias once; load and swap if it moved. Returns True when a swap happened."""
         with self._lock:
             self.last_check = time.time()
+            if self._current is None and self.last_error is None:
+                # Until the first answer, /readyz says where the model is being looked for: a
+                # wrong or unreachable registry is then visible while its client still waits.
+                import os
+                import re
+
+                # Credentials in the URI never reach /readyz or the logs.
+                uri = re.sub(r"//[^/@]*@", "//", os.environ.get("MLFLOW_TRACKING_URI", "<local store>"))
+                self.last_error = f"waiting for the registry at {uri} to resolve {self.name}@{self.alias}"
+                log.info("resolving model", extra={"model": self.name, "error": self.last_error})
             try:
                 ref = resolve_alias(self.name, self.alias)
             except Exception as exc:  # noqa: BLE001 - registry down, alias missing, digest failure
