@@ -45,9 +45,9 @@ PLANS: dict[str, BootstrapPlan] = {
         subjects=64,
         slices_per_subject=6,
         classifier_overrides={"phase2.epochs": 0},
-        # Generators: the quick preset's deform design, 80 steps each (a step budget, so a busy
-        # machine gets the same models, only later) with a 60 s guard per transition; about two
-        # minutes for the three on a quiet 2-core machine (docs/progression.md has the figures).
+        # Generators: the quick preset's deform design with a step budget (a busy machine gets the
+        # same models, only later); the time limit is only a guard. Their validation pairs also
+        # fit the field gain. Times and held-out figures: README and docs/progression.md.
         progression_overrides={"epochs": 2, "samples_per_epoch": 320, "max_steps": 80, "time_limit_s": 60, "val_max_pairs": 24},
     ),
     # Tests: seconds, on the session's tiny phantom split.

@@ -18,7 +18,6 @@ provenance file into ``<data_home>/pretrained/``; later uses read the safetensor
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import logging
@@ -323,11 +322,9 @@ def package_weights_file(arch: str, module_name: str | None = None) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from alzprog.artifacts import sha256_file
+
+    return sha256_file(path)
 
 
 def _cached_state(weights: Path, meta: Path) -> dict[str, torch.Tensor] | None:
