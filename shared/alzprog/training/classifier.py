@@ -449,15 +449,8 @@ def train_classifier(
                     "epoch_seconds": time.time() - t0,
                 }
                 history.append(row)
-                improved = (v["macro_f1"] > best["f1"] + 1e-9) or (
-                    abs(v["macro_f1"] - best["f1"]) <= 1e-9 and v["loss"] < best["loss"]
-                )
-                if improved:
-                    best.update(f1=v["macro_f1"], loss=v["loss"], epoch=epoch_global,
-                                state={k: t.detach().cpu().clone() for k, t in _unwrap(net).state_dict().items()})
-                    since_best = 0
-                else:
-                    since_best += 1
+                improved = _keep_if_best(best, v, epoch_global, _unwrap(net))
+                since_best = 0 if improved else since_best + 1
                 if main:
                     log.info(
                         "%s epoch %d: train loss %.4f acc %.3f F1 %.3f | val loss %.4f acc %.3f F1 %.3f subjF1 %.3f%s",
@@ -501,6 +494,15 @@ def train_classifier(
             mlflow.end_run()
         dist.cleanup()
         torch.set_num_threads(threads_before)
+
+
+def _keep_if_best(best: dict[str, Any], v: dict[str, float], epoch: int, model: nn.Module) -> bool:
+    """Keep a copy of ``model`` in ``best`` when its validation macro-F1 is higher (ties: lower loss)."""
+    improved = (v["macro_f1"] > best["f1"] + 1e-9) or (abs(v["macro_f1"] - best["f1"]) <= 1e-9 and v["loss"] < best["loss"])
+    if improved:
+        best.update(f1=v["macro_f1"], loss=v["loss"], epoch=epoch,
+                    state={k: t.detach().cpu().clone() for k, t in model.state_dict().items()})
+    return improved
 
 
 @torch.no_grad()
@@ -607,9 +609,7 @@ def _head_on_cached_features(model, train_ds, val_ds, train_df, val_labels, val_
         }
         feature_seconds = 0.0  # the one feature pass is counted in the first head epoch
         history.append(row)
-        if (v["macro_f1"] > best["f1"] + 1e-9) or (abs(v["macro_f1"] - best["f1"]) <= 1e-9 and v["loss"] < best["loss"]):
-            best.update(f1=v["macro_f1"], loss=v["loss"], epoch=epoch_global,
-                        state={k: t.detach().cpu().clone() for k, t in model.state_dict().items()})
+        _keep_if_best(best, v, epoch_global, model)
         if mlflow is not None:
             log.info("phase1 epoch %d (cached features): train loss %.4f F1 %.3f | val loss %.4f F1 %.3f subjF1 %.3f",
                      epoch_global, row["train_loss"], row["train_macro_f1"], row["val_loss"], row["val_macro_f1"],
