@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "alzprog.cli.progression",  # train progression, evaluate progression, progress
     "alzprog.cli.serving",  # bootstrap
     "alzprog.cli.bench",  # bench
+    "alzprog.cli.predict",  # predict (batch scoring)
 )
 
 
