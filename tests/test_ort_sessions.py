@@ -27,7 +27,7 @@ def conv_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_thread_policy_gives_a_lone_request_every_cpu_and_overlapping_ones_a_share(monkeypatch) -> None:
-    monkeypatch.setattr("services.common.ort.available_cpus", lambda: 4)
+    monkeypatch.setattr("alzprog.inference.runtime.available_cpus", lambda: 4)
     assert thread_policy(0, 2) == ThreadPolicy(solo=4, shared=2)
     assert thread_policy(0, 4).adaptive
     assert thread_policy(3, 2) == ThreadPolicy(3, 3) and not thread_policy(3, 2).adaptive

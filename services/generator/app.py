@@ -19,17 +19,15 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
 from alzprog.constants import STAGES, TRANSITIONS, progression_model_name, stage_index
+from alzprog.inference.runtime import available_cpus, choose_providers, prepare_torch_serving, thread_policy
 from alzprog.preprocessing import CANONICAL_SIZE
 
 from services.common import metrics
 from services.common.admission import AdmissionLimiter
 from services.common.app import Lifecycle, build_app, model_readiness, serve
-from services.common.cpu import available_cpus
 from services.common.errors import ERROR_RESPONSES, ServiceError, unavailable
 from services.common.logs import configure_logging
-from services.common.malloc import keep_large_buffers
 from services.common.model_slot import ModelSlot, SlotWatcher
-from services.common.ort import TorchThreads, choose_providers, thread_policy
 from services.common.timing import ServerTiming
 from services.common.wire import OVERLAP_HEADER, SHAPE_HEADER, decode_canonical
 from services.generator.model_holder import GeneratorRuntime, make_loader, run_chain
@@ -57,13 +55,9 @@ class GeneratorState:
         self.concurrency = settings.max_concurrency or available_cpus()
         providers = choose_providers(settings.providers)
         threads = thread_policy(settings.intra_op_threads, self.concurrency)
-        if settings.backend != "onnxruntime":  # torch may serve (fp32 or bf16)
-            import torch
-
-            torch.set_num_threads(threads.solo)  # process-wide: a lone chain gets every core
-            keep_large_buffers()  # activations reused, not re-faulted, on every forward
-        # Overlapping chains (or a caller's overlap hint) put eager PyTorch on the shared count.
-        self.torch_threads = TorchThreads(threads) if settings.backend != "onnxruntime" and threads.adaptive else None
+        # Torch may serve (fp32 or bf16): the process is set up for it once, and overlapping
+        # chains (or a caller's overlap hint) put eager PyTorch on the shared thread count.
+        self.torch_threads = prepare_torch_serving(threads) if settings.backend != "onnxruntime" else None
         self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="progress")
         # Backends are timed in the pool that serves requests (see GeneratorRuntime._time).
         loader = make_loader(settings.backend, providers, threads, timing_pool=self.pool, precision=settings.precision)

@@ -2,11 +2,12 @@
 
 Each transition (``alzprog.constants.TRANSITIONS``) has its own :class:`ModelSlot`; each
 loaded version is a :class:`GeneratorRuntime` that runs ONNX Runtime, eager PyTorch fp32, or
-eager PyTorch under bfloat16 autocast, whichever was fastest at warm-up (issue #7 measured ORT
-slower for some generators on CPU, and bf16 about twice as fast as fp32 on a CPU with native
-bf16), unless a setting forces one. bf16 is offered only for a model whose bf16 output stays
-within :data:`alzprog.precision.BF16_TOLERANCE` of its fp32 output (checked at load). Pixels go in and out through the shared preprocessing
-(``generator_input`` / ``generator_output_to_uint8``); every returned image is marked
+eager PyTorch under bfloat16 autocast, whichever was fastest at warm-up (which one wins
+depends on the model and the CPU: docs/performance.md), unless a setting forces one. bf16 is
+offered only for a model whose bf16 output stays within
+:data:`alzprog.precision.BF16_TOLERANCE` of its fp32 output (checked at load). The chain is the
+library's one loop (:func:`alzprog.inference.chain.run_transitions`), the eager backend the
+library's :class:`~alzprog.inference.chain.TorchTransition`; every returned image is marked
 SYNTHETIC and re-encoded from pixels (no metadata).
 """
 
@@ -16,7 +17,6 @@ import logging
 import threading
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import nullcontext
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -24,9 +24,10 @@ import numpy as np
 
 from alzprog.artifacts import ONNX_FILE
 from alzprog.constants import STAGES
+from alzprog.inference.chain import TorchTransition, generator_feed, run_transitions
+from alzprog.inference.runtime import ThreadPolicy, TorchThreads, make_session, model_work, prepare_session, run_session
 
 from services.common.model_slot import ModelRef, Served
-from services.common.ort import ThreadPolicy, TorchThreads, make_session, run_session
 from services.common.timing import ServerTiming
 
 log = logging.getLogger("generator.model")
@@ -45,7 +46,7 @@ class GeneratorRuntime:
         self.ref = ref
         self.size = int(cfg.get("image_size", 256))
         self.session = None
-        self.torch_model = None
+        self.torch: TorchTransition | None = None
         self.bf16_fidelity: dict[str, float | bool] | None = None
         self._lock = threading.Lock()
         onnx_path = ref.local_dir / ONNX_FILE
@@ -53,22 +54,14 @@ class GeneratorRuntime:
         if backend in ("auto", "onnxruntime") and onnx_path.is_file():
             self.session = make_session(onnx_path, providers, threads)
             self.input_name = self.session.get_inputs()[0].name
-            if hasattr(self.session, "calibrate"):  # adaptive threads: time both sessions alone now
-                probe = np.zeros((self.size, self.size), np.uint8)
-                self.session.calibrate({self.input_name: self._stacked(probe, np.ones_like(probe, dtype=bool))})
+            probe = np.zeros((self.size, self.size), np.uint8)
+            prepare_session(self.session, {self.input_name: generator_feed(probe, np.ones_like(probe, dtype=bool))})
             candidates["onnxruntime"] = self._run_ort
         if backend in ("auto", "torch") or self.session is None:
             from alzprog.artifacts import load_artifact
 
-            import torch
-
-            from alzprog.models.fusion import fold_batchnorm
-
-            # channels_last: the convolutions' fast layout on CPUs (13 ms against 19 ms for the
-            # lite U-Net on two AVX-512 cores); batch norms folded into the convolutions
-            # (another ~10 %, docs/performance.md).
-            model = fold_batchnorm(load_artifact(ref.local_dir).model.eval())
-            self.torch_model = model.to(memory_format=torch.channels_last)
+            # Prepared for serving: batch norms folded, channels-last (docs/performance.md).
+            self.torch = TorchTransition(load_artifact(ref.local_dir).model, serving=True)
             candidates["torch"] = self._run_torch
             if self._bf16_allowed(precision):
                 candidates["torch-bf16"] = self._run_torch_bf16
@@ -79,7 +72,7 @@ class GeneratorRuntime:
         self.timings_ms = {k: round(v * 1000, 2) for k, v in timings.items()}
         # Drop what we do not use, so memory holds one copy of the weights.
         if self.backend == "onnxruntime":
-            self.torch_model = None
+            self.torch = None
         else:
             self.session = None
 
@@ -88,8 +81,8 @@ class GeneratorRuntime:
         """Median seconds per call of each backend, after warm-up, timed where requests run.
 
         Each timed call goes through ``pool`` (the service's worker pool) when given: eager
-        torch is ~40 % slower off the main thread on this machine and ONNX Runtime is not, so a
-        measurement made elsewhere picks the wrong one (docs/performance.md). The backends are
+        torch can be slower off the main thread and ONNX Runtime is not, so a measurement made
+        elsewhere may pick the wrong one (docs/performance.md). The backends are
         timed in alternation, so a change in the machine's load falls on both alike.
         """
         image = np.zeros((self.size, self.size), np.uint8)
@@ -131,28 +124,15 @@ class GeneratorRuntime:
                         extra={"model": self.ref.name, "version": self.ref.version, "bf16_fidelity": self.bf16_fidelity})
         return fidelity.within
 
-    def _stacked(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        from alzprog.preprocessing import generator_input
-
-        x = generator_input(image).numpy().astype(np.float32)  # (1, H, W) in [-1, 1]
-        m = mask.astype(np.float32)[None]
-        return np.concatenate([x, m], axis=0)[None]  # (1, 2, H, W): the export's input layout
-
     def _run_ort(self, image: np.ndarray, mask: np.ndarray, overlapped: bool = False) -> np.ndarray:
         from alzprog.preprocessing import generator_output_to_uint8
 
-        out = run_session(self.session, {self.input_name: self._stacked(image, mask)}, overlapped)[0]
+        out = run_session(self.session, {self.input_name: generator_feed(image, mask)}, overlapped)[0]
         return generator_output_to_uint8(_as_tensor(out[0]))
 
     def _run_torch(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        import torch
-
-        from alzprog.preprocessing import generator_output_to_uint8
-
-        x = torch.from_numpy(self._stacked(image, mask)).contiguous(memory_format=torch.channels_last)
-        with self._lock, torch.inference_mode():  # one torch forward at a time per module
-            out = self.torch_model(x)
-        return generator_output_to_uint8(out[0])
+        with self._lock:  # one torch forward at a time per module
+            return self.torch(image, mask)
 
     def _run_torch_bf16(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
         from alzprog.precision import autocast_bf16
@@ -163,18 +143,15 @@ class GeneratorRuntime:
     def displacement(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
         """The pixel displacement field ``(2, H, W)`` (x then y) of this transition, where the model
         predicts one (a deformation generator served by torch); ``None`` otherwise."""
-        model = self.torch_model
-        if model is None or not hasattr(model, "displacement"):
+        if self.torch is None:
             return None
-        import torch
-
-        with self._lock, torch.inference_mode():
-            disp = model.displacement(torch.from_numpy(self._stacked(image, mask)))
-        return disp[0].to(torch.float32).numpy()
+        with self._lock:
+            return self.torch.displacement(image, mask)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, overlapped: bool = False) -> np.ndarray:
-        """One transition. ``overlapped``: other model work shares the machine (ORT: its one-thread
-        session; eager PyTorch takes its threads from the chain's :class:`TorchThreads`)."""
+        """One transition. ``overlapped`` (or an enclosing ``runtime.overlapping``): other model
+        work shares the machine (ORT: its one-thread session; eager PyTorch takes its threads
+        from the chain's :class:`TorchThreads`)."""
         if self.backend == "onnxruntime":
             return self._run_ort(image, mask, overlapped)
         if self.backend == "torch-bf16":
@@ -232,19 +209,14 @@ def run_chain(
     t0 = time.perf_counter()
     pool = _encode_pool()
     encodings = []
-    current = image
-    outputs, displacements = [], []
-    with torch_threads.run(overlapped) if torch_threads is not None else nullcontext():
-        for _, served in chain:
-            displacements.append(served.model.displacement(current, mask))
-            current = served.model(current, mask, overlapped)
-            outputs.append(current)
-            encodings.append(pool.submit(_synthetic_data_url, current))
+    with model_work(torch_threads, overlapped):
+        outputs = run_transitions(image, mask, [served.model for _, served in chain], with_displacements=True,
+                                  on_output=lambda _k, out: encodings.append(pool.submit(_synthetic_data_url, out)))
     t1 = time.perf_counter()
     # Change maps and measurements of every step against the input (alzprog.change_map).
     from alzprog.change_map import describe_chain
 
-    input_morphometry, described = describe_chain(image, outputs, mask, displacements)
+    input_morphometry, described = describe_chain(image, outputs.images, mask, outputs.displacements)
     t2 = time.perf_counter()
     images = [f.result() for f in encodings]
     if timing is not None:

@@ -127,19 +127,15 @@ def explain_image(model: nn.Module, config: dict[str, Any], data: bytes, target:
     ``stage``, ``stage_index``, ``probabilities`` (temperature-scaled), ``target``,
     ``in_brain_fraction``, ``shortcut_alarm``, ``heatmap`` (canonical size), ``overlay_png``.
     """
-    from alzprog.preprocessing import classifier_input, load_canonical
+    from alzprog.inference.classifier import classify_stage, explain_stage, model_input
+    from alzprog.preprocessing import load_canonical
 
     canon = load_canonical(data)
-    x = classifier_input(canon.image, int(config["image_size"]), tuple(config["mean"]), tuple(config["std"]))
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        logits = model(x.unsqueeze(0).to(device)).float().cpu()
-    probs = torch.softmax(logits / float(config.get("temperature", 1.0)), dim=1)[0].numpy()
-    pred = int(probs.argmax())
+    pred, probs = classify_stage(canon.image, model, config)
     cls = pred if target is None else int(target)
-    heat = grad_cam(model, x, cls)
-    heat = _resize_float(heat, canon.image.shape)
-    frac = saliency_in_brain_fraction(heat, canon.mask)
+    explained = explain_stage(model, model_input(canon.image, config), canon.image, canon.mask, cls)
+    heat = explained.heatmap
+    frac = float("nan") if explained.in_brain_fraction is None else explained.in_brain_fraction
     names = config.get("class_names")
     return {
         "stage": names[pred] if names else pred,
@@ -149,5 +145,5 @@ def explain_image(model: nn.Module, config: dict[str, Any], data: bytes, target:
         "in_brain_fraction": frac,
         "shortcut_alarm": bool(frac == frac and frac < SHORTCUT_THRESHOLD),
         "heatmap": heat,
-        "overlay_png": overlay_png(canon.image, heat),
+        "overlay_png": explained.overlay_png,
     }

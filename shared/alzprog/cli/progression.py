@@ -163,9 +163,9 @@ def _progress(args: argparse.Namespace) -> int:
     from alzprog.constants import STAGES
     from alzprog.decode import ImageDecodeError, read_slice
     from alzprog.preprocessing import canonicalize
-    from alzprog.progression import (
-        classify_stage, load_chain_generators, load_classifier, run_chain, step_filename, strip, synthetic_png,
-    )
+    from alzprog.inference.chain import load_chain_generators, run_chain
+    from alzprog.inference.classifier import classify_stage, load_classifier
+    from alzprog.progression import step_filename, strip, synthetic_png
 
     try:
         gray = read_slice(args.image)

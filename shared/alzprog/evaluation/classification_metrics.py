@@ -15,16 +15,9 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from alzprog.constants import STAGES
+from alzprog.inference.classifier import calibrated_probabilities as softmax  # noqa: F401 - the one softmax(z / T)
 
 N_CLASSES = len(STAGES)
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of ``logits / temperature`` (numerically stable)."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[int] | None = None) -> float:

@@ -208,7 +208,7 @@ class Classifier:
 
 
 def load_classifier_or_reason(uri: str | None, device: torch.device) -> tuple[Classifier | None, str | None]:
-    from alzprog.progression import load_classifier
+    from alzprog.inference.classifier import load_classifier
 
     try:
         model, config, version = load_classifier(uri, device=device)
@@ -372,7 +372,7 @@ def evaluate_progression(
     (the ROI ablation uses it for unregistered runs).
     """
     from alzprog.data.split import load_split
-    from alzprog.progression import chain_canonical
+    from alzprog.inference.chain import chain_canonical
     from alzprog.training.common import select_device
     from alzprog.training.progression import find_pairs, split_pair_cache
 
