@@ -198,3 +198,23 @@ def wait_client_ready(client, timeout: float = 60.0) -> dict:
             return r.json()
         time.sleep(0.1)
     raise AssertionError(f"not ready: {r.json()}")
+
+
+def attach_ood_reference(artifact: Path, images: list, val_share: float = 0.34) -> Path:
+    """Give a classifier artifact the OOD reference training writes (``alzprog.ood``), fitted on the
+    pooled features of ``images`` (uint8 slices): the first ones as training, the rest as validation."""
+    import torch
+
+    from alzprog import ood
+    from alzprog.artifacts import load_artifact
+    from alzprog.models.stage_classifier import forward_features
+    from alzprog.preprocessing import canonicalize, classifier_input
+
+    art = load_artifact(artifact)
+    cfg = art.config
+    x = torch.stack([classifier_input(canonicalize(im).image, int(cfg["image_size"]), tuple(cfg["mean"]), tuple(cfg["std"])) for im in images])
+    with torch.inference_mode():
+        feats = forward_features(art.model.eval(), x).double().numpy()
+    n_val = max(1, int(round(val_share * len(images))))
+    ood.write_reference(artifact, ood.fit_reference(feats[:-n_val], feats[-n_val:]))
+    return artifact

@@ -20,6 +20,7 @@ import redis
 from fastapi.testclient import TestClient
 from PIL import Image, PngImagePlugin
 from service_helpers import (
+    attach_ood_reference,
     classify_count,
     dead_port,
     progress_count,
@@ -38,14 +39,19 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def backends(tmp_path_factory):
-    """Classifier and generator processes serving cached tiny models (MLflow down)."""
+def backends(tmp_path_factory, tiny_phantom):
+    """Classifier and generator processes serving cached tiny models (MLflow down); the classifier
+    has an OOD reference fitted on the tiny phantom's slices, as training writes one."""
     from conftest import free_port
+
+    from alzprog.decode import read_slice
 
     home = tmp_path_factory.mktemp("gw_home")
     art = tmp_path_factory.mktemp("gw_art")
     dead_registry = f"http://127.0.0.1:{dead_port()}"
-    seed_cache(home, CLASSIFIER_MODEL_NAME, 1, tiny_classifier_artifact(art / "clf", seed=5), dead_registry)
+    phantom_slices = [read_slice(p) for p in sorted((tiny_phantom / "Data").rglob("*.jpg"))]
+    clf = attach_ood_reference(tiny_classifier_artifact(art / "clf", seed=5), phantom_slices)
+    seed_cache(home, CLASSIFIER_MODEL_NAME, 1, clf, dead_registry)
     for i, (slug, _, _) in enumerate(TRANSITIONS):
         seed_cache(home, progression_model_name(slug), 1, tiny_generator_artifact(art / slug, seed=i), dead_registry)
     env = {
@@ -719,6 +725,69 @@ def test_volume_is_staged_by_soft_voting_over_the_trained_levels(make_gateway, m
     assert again.json()["cached"] is True and again.json()["probabilities"] == out["probabilities"]
     no_chain = gw.post("/volume", files={"file": ("upload", mni_volume_bytes)}, data={"progression": "false"}).json()
     assert no_chain["steps"] is None and no_chain["slices"] == out["slices"]
+    # Each slice has its OOD score; the volume's verdict is the median slice's.
+    scores = [sl["ood_score"] for sl in out["slices"]]
+    assert all(isinstance(v, float) for v in scores)
+    assert out["quality"]["ood_score"] == pytest.approx(float(np.median(scores)))
+    assert out["quality"]["out_of_distribution"] == (out["quality"]["ood_score"] > out["quality"]["ood_threshold"])
+
+
+def test_a_slice_unlike_the_training_data_gets_200_with_an_ood_warning(make_gateway, tiny_phantom):
+    from alzprog import ood
+    from alzprog.decode import encode_png
+    from alzprog.quality import OUT_OF_DISTRIBUTION
+    from services.gateway.schemas import PredictResponse
+
+    gw = make_gateway()
+    trained_like = sorted((tiny_phantom / "Data").rglob("*.jpg"))[0].read_bytes()
+    coronal = encode_png(ood.template_probes(per_set=2)["coronal"][1])
+    inside = gw.post("/predict", files={"file": ("a.jpg", trained_like)})
+    outside = gw.post("/predict", files={"file": ("c.png", coronal)})
+    assert inside.status_code == outside.status_code == 200, (inside.text, outside.text)
+    q_in, q_out = inside.json()["quality"], outside.json()["quality"]
+    PredictResponse.model_validate(inside.json())
+    PredictResponse.model_validate(outside.json())
+    assert q_in["ood_threshold"] == q_out["ood_threshold"] > 0
+    assert q_in["ood_score"] <= q_in["ood_threshold"] < q_out["ood_score"]
+    assert q_in["warnings"] == [] and q_in["out_of_distribution"] is False
+    assert [w["code"] for w in q_out["warnings"]] == [OUT_OF_DISTRIBUTION] and q_out["out_of_distribution"] is True
+    # From the cache, the same verdict.
+    again = gw.post("/predict", files={"file": ("c.png", coronal)}).json()
+    assert again["cached"] is True and again["quality"] == q_out
+    # /progression carries the same quality object.
+    prog = gw.post("/progression", files={"file": ("c.png", coronal)}, data={"from_stage": "nd"}).json()
+    assert prog["quality"]["ood_score"] == pytest.approx(q_out["ood_score"])
+
+
+def test_grad_cam_mostly_outside_the_brain_is_warned(make_gateway, sample_bytes):
+    from alzprog.explain import SHORTCUT_THRESHOLD
+    from alzprog.quality import SALIENCY_OUTSIDE_BRAIN
+
+    out = make_gateway().post("/predict", files={"file": ("s.jpg", sample_bytes)}, data={"explain": "true"}).json()
+    fraction = out["explain"]["saliency_in_brain_fraction"]
+    codes = [w["code"] for w in out["quality"]["warnings"]]
+    assert (SALIENCY_OUTSIDE_BRAIN in codes) == (fraction is not None and fraction < SHORTCUT_THRESHOLD)
+
+
+def test_tta_is_optional_and_gives_a_spread_per_stage(make_gateway, sample_bytes):
+    from alzprog.tta import VIEWS
+    from services.gateway.schemas import PredictResponse
+
+    gw = make_gateway()
+    plain = gw.post("/predict", files={"file": ("s.jpg", sample_bytes)}).json()
+    with_tta = gw.post("/predict", files={"file": ("s.jpg", sample_bytes)}, data={"tta": "true"})
+    assert with_tta.status_code == 200, with_tta.text
+    out = with_tta.json()
+    PredictResponse.model_validate(out)
+    assert plain["tta"] is None
+    assert out["cached"] is False, "a TTA answer is its own cache entry"
+    assert out["tta"]["views"] == len(VIEWS)
+    assert out["probabilities"] == pytest.approx(plain["probabilities"], abs=1e-6)
+    for name in STAGES:
+        assert 0 <= out["tta"]["p10"][name] <= out["tta"]["p90"][name] <= 1
+    q = gw.post("/predict?tta=true", files={"file": ("s.jpg", sample_bytes)}).json()
+    assert q["cached"] is True and q["tta"] == out["tta"]
+    assert gw.post("/predict", files={"file": ("s.jpg", sample_bytes)}, data={"tta": "maybe"}).status_code == 422
 
 
 def test_the_quality_gate_refuses_what_is_not_a_brain_slice_with_a_clear_422(make_gateway, backends):

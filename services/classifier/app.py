@@ -133,8 +133,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
 
     @app.post("/v1/classify", openapi_extra=CANONICAL_BODY, responses={k: ERROR_RESPONSES[k] for k in (400, 413, 503)})
-    async def classify(request: Request, explain: bool = Query(False, description="add a Grad-CAM overlay")) -> JSONResponse:
-        """Stage probabilities (temperature-calibrated) of one canonical slice."""
+    async def classify(
+        request: Request,
+        explain: bool = Query(False, description="add a Grad-CAM overlay"),
+        tta: bool = Query(False, description="add the spread of the probabilities over the test-time augmentation views"),
+    ) -> JSONResponse:
+        """Stage probabilities (temperature-calibrated) of one canonical slice, with its
+        out-of-distribution score (``ood``: null when the model has no reference)."""
         t_start = time.perf_counter()
         s = svc(request)
         served = s.slot.current  # one reference for the whole request: swaps never mix versions
@@ -149,11 +154,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             async with s.limiter.admit():
                 loop = asyncio.get_running_loop()
                 t0 = time.perf_counter()
-                if s.batcher is not None and not explain:
+                if s.batcher is not None and not explain and not tta:
                     result = await s.batcher.submit(runtime, image)
                 else:
                     overlapped = request.headers.get(OVERLAP_HEADER) == "1"
-                    result = await loop.run_in_executor(s.pool, runtime.predict, image, overlapped)
+                    result = await loop.run_in_executor(s.pool, runtime.predict, image, overlapped, tta)
                 if explain:
                     result["explain"] = await loop.run_in_executor(s.pool, runtime.explain, image, mask, result["stage_index"])
                 elapsed = time.perf_counter() - t0

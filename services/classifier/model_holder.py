@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import base64
 import logging
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from alzprog.artifacts import ONNX_FILE
 from alzprog.constants import STAGES
+from alzprog.ood import feature_graph, load_reference
 
 from services.common.model_slot import ModelRef
 from services.common.ort import ThreadPolicy, make_session, run_session
@@ -52,7 +55,13 @@ class ClassifierRuntime:
         self.session = None
         self._torch_model = None
         self._torch_lock = threading.Lock()
+        # The training set's feature reference, when the model has one (older models: no score).
+        self.ood = load_reference(ref.local_dir)
+        self._feature_output = False
+        self._graph_dir: tempfile.TemporaryDirectory | None = None
         if self.backend == "onnxruntime":
+            if self.ood is not None:
+                onnx_path = self._feature_session_path(onnx_path)
             self.session = make_session(onnx_path, providers, threads)
             self.input_name = self.session.get_inputs()[0].name
             self.providers = self.session.get_providers()
@@ -64,6 +73,20 @@ class ClassifierRuntime:
         if hasattr(self.session, "calibrate"):  # adaptive threads: time both sessions alone now
             self.session.calibrate({self.input_name: self._input(probe)})
         self.warmup_s = time.perf_counter() - t0
+
+    def _feature_session_path(self, onnx_path: Path) -> Path:
+        """The graph to serve: the model's own, with the pooled features as a second output when
+        that tensor is found (one forward gives logits and the OOD features; else PyTorch scores)."""
+        graph = feature_graph(onnx_path, self.ood.dim)
+        if graph is None:
+            log.warning("classifier ONNX graph: pooled features not found; OOD scored with PyTorch", extra={"version": self.ref.version})
+            return onnx_path
+        # Outside the digest-checked model folder, which must hold only the registered files.
+        self._graph_dir = tempfile.TemporaryDirectory(prefix="alzprog-clf-")
+        path = Path(self._graph_dir.name) / ONNX_FILE
+        path.write_bytes(graph)
+        self._feature_output = True
+        return path
 
     # ------------------------------------------------------------------ inference
     def _input(self, image: np.ndarray) -> np.ndarray:
@@ -80,29 +103,63 @@ class ClassifierRuntime:
                 self._torch_model = load_artifact(self.ref.local_dir).model.eval()
             return self._torch_model
 
-    def logits(self, image: np.ndarray, overlapped: bool = False) -> np.ndarray:
-        """Raw logits (4,) for one canonical uint8 image (``overlapped``: see ``AdaptiveSession.run``)."""
-        x = self._input(image)
+    def forward(self, images: list[np.ndarray], overlapped: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw logits (N, 4) of canonical uint8 images in one pass, and their pooled features
+        (N, D) when the model has an OOD reference (else ``None``)."""
+        x = np.concatenate([self._input(im) for im in images], axis=0)
         if self.session is not None:
-            return np.asarray(run_session(self.session, {self.input_name: x}, overlapped)[0][0], dtype=np.float64)
+            outs = run_session(self.session, {self.input_name: x}, overlapped)
+            logits = np.asarray(outs[0], dtype=np.float64)
+            if self.ood is None:
+                return logits, None
+            if self._feature_output:
+                return logits, np.asarray(outs[1], dtype=np.float64)
+            return logits, self._torch_features(x)
         import torch
 
-        with torch.inference_mode():
-            return self._torch()(torch.from_numpy(x)).double().numpy()[0]
+        from alzprog.models.stage_classifier import forward_features, head
 
-    def predict(self, image: np.ndarray, overlapped: bool = False) -> dict[str, Any]:
-        """Calibrated probabilities (softmax of logits / temperature), stage and confidence."""
-        return self._result(softmax(self.logits(image, overlapped) / self.temperature))
+        model = self._torch()
+        with torch.inference_mode():
+            feats = forward_features(model, torch.from_numpy(x))
+            logits = model.classifier(feats) if hasattr(model, "classifier") else head(model)(feats)
+        return logits.double().numpy(), (feats.double().numpy() if self.ood is not None else None)
+
+    def _torch_features(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        from alzprog.models.stage_classifier import forward_features
+
+        with torch.inference_mode():
+            return forward_features(self._torch(), torch.from_numpy(x)).double().numpy()
+
+    def logits(self, image: np.ndarray, overlapped: bool = False) -> np.ndarray:
+        """Raw logits (4,) for one canonical uint8 image (``overlapped``: see ``AdaptiveSession.run``)."""
+        return self.forward([image], overlapped)[0][0]
+
+    def predict(self, image: np.ndarray, overlapped: bool = False, tta: bool = False) -> dict[str, Any]:
+        """Calibrated probabilities (softmax of logits / temperature), stage and confidence, the
+        OOD score (``ood``, null without a reference) and, with ``tta``, the spread over the
+        test-time views (``alzprog.tta``; the point answer stays the unaugmented slice's)."""
+        if not tta:
+            logits, feats = self.forward([image], overlapped)
+            return self._result(softmax(logits[0] / self.temperature), None if feats is None else feats[0])
+        from alzprog import tta as tta_views
+
+        logits, feats = self.forward(tta_views.views(image), overlapped)
+        probs = softmax(logits / self.temperature)
+        result = self._result(probs[0], None if feats is None else feats[0])
+        result["tta"] = tta_views.summarise(probs)
+        return result
 
     def predict_batch(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
         """``predict`` for several images in one forward pass (dynamic batching)."""
         if self.session is None or len(images) == 1:
             return [self.predict(im) for im in images]
-        x = np.concatenate([self._input(im) for im in images], axis=0)
-        logits = np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float64)
-        return [self._result(p) for p in softmax(logits / self.temperature)]
+        logits, feats = self.forward(images)
+        return [self._result(p, None if feats is None else feats[i]) for i, p in enumerate(softmax(logits / self.temperature))]
 
-    def _result(self, probs: np.ndarray) -> dict[str, Any]:
+    def _result(self, probs: np.ndarray, features: np.ndarray | None = None) -> dict[str, Any]:
         idx = int(np.argmax(probs))
         return {
             "stage": STAGES[idx],
@@ -110,6 +167,8 @@ class ClassifierRuntime:
             "probabilities": {name: float(p) for name, p in zip(STAGES, probs)},
             "confidence": float(probs[idx]),
             "temperature": self.temperature,
+            "ood": self.ood.score(features) if self.ood is not None and features is not None else None,
+            "tta": None,
         }
 
     def explain(self, image: np.ndarray, mask: np.ndarray | None, target: int) -> dict[str, Any]:

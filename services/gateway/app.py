@@ -44,7 +44,7 @@ SERVICE = "gateway"
 log = logging.getLogger("gateway")
 NO_STORE = {"Cache-Control": "no-store"}
 # A cached value without these fields is treated as corrupt (a miss), never served.
-PREDICT_FIELDS = ("stage", "stage_index", "probabilities", "confidence", "model")
+PREDICT_FIELDS = ("stage", "stage_index", "probabilities", "confidence", "model", "ood", "tta")
 PROGRESSION_FIELDS = ("steps", "generator_models", "input_morphometry")
 # Part of the progression cache key: bumped when the shape of a cached chain changes, so an
 # entry written by an older gateway (without the change maps) is never served as complete.
@@ -53,6 +53,8 @@ RESULT_ERRORS = {k: ERROR_RESPONSES[k] for k in (400, 413, 415, 422, 429, 503)}
 # Seconds a model card read from the registry is reused.
 MODEL_CARD_TTL_S = 60.0
 MODEL_CARD_DEADLINE_S = 10.0
+TTA_HELP = ("add the spread of each stage probability over test-time augmentation views "
+            "(mirror, small rotations, intensity gamma): costs one batch of 8 views on the classifier")
 # Slices of one volume sent to the classifier at once.
 VOLUME_CLASSIFY_CONCURRENCY = 2
 
@@ -227,14 +229,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await s.cache.release(lookup, token)
 
     async def classify(s: GatewayState, up: Upload, explain: bool, timing: ServerTiming,
-                       overlapped: bool = False) -> tuple[dict[str, Any], bool]:
+                       overlapped: bool = False, tta: bool = False) -> tuple[dict[str, Any], bool]:
         """The classifier's answer for ``up``: from the cache, a concurrent twin, or the backend.
 
         ``overlapped``: a generator chain runs beside it; the classifier is told, so it uses its
         one-thread session and keeps its lone-run timings for requests that really are alone."""
         sha = up.sha256 or await up.resolve()
         versions = await s.classifier_versions.versions()
-        options = "explain" if explain else ""
+        options = "+".join(o for o, on in (("explain", explain), ("tta", tta)) if on)
         known = next(iter(versions.values()), None)  # the classifier serves one model
         lookup = s.cache.key("predict", sha, f"c{known}", options) if known else None
 
@@ -244,7 +246,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if overlapped:
                 headers[OVERLAP_HEADER] = "1"
             resp = await s.classifier.call(
-                "POST", "/v1/classify", deadline_s=settings.classify_deadline_s, content=body, headers=headers, params={"explain": str(explain).lower()}
+                "POST", "/v1/classify", deadline_s=settings.classify_deadline_s, content=body, headers=headers,
+                params={"explain": str(explain).lower(), "tta": str(tta).lower()},
             )
             timing.extend("classifier", resp.headers.get(TIMING_HEADER))
             result = resp.json()
@@ -255,6 +258,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "confidence": float(result["confidence"]),
                 "model": {"name": result["model"]["name"], "version": str(result["model"]["version"])},
                 "explain": result.get("explain"),
+                "ood": result.get("ood"),
+                "tta": result.get("tta"),
             }
             # Store under the version that actually answered (it may have just changed).
             await s.cache.set(s.cache.key("predict", up.sha256, f"c{result['model']['version']}", options), result)
@@ -263,6 +268,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         flight_key = lookup or f"predict:{sha}:{options}:unversioned"
         result, cached = await s.flights.run(flight_key, lambda: cached_or_computed(s, lookup, PREDICT_FIELDS, call))
         return dict(result), cached
+
+    def with_quality(result: dict[str, Any]) -> dict[str, Any]:
+        """The classifier's OOD score and the Grad-CAM's in-brain share as the answer's
+        ``quality`` (warnings, score, threshold); the raw score leaves the top level."""
+        from alzprog.quality import report
+
+        result["quality"] = report(result.pop("ood", None), result.get("explain"))
+        return result
 
     async def progress(s: GatewayState, up: Upload, start: int, timing: ServerTiming,
                        overlapped: bool = False) -> tuple[dict[str, Any], bool]:
@@ -352,9 +365,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         file: Annotated[UploadFile, File(description="one MRI slice: PNG, JPEG, DICOM or NIfTI (.nii/.nii.gz)")],
         explain: Annotated[bool | None, Form(description="include the Grad-CAM overlay")] = None,
         nifti_slice: Annotated[int | None, Form(ge=0, le=4096, description="axial slice of a NIfTI volume (default: central)")] = None,
+        tta: Annotated[bool | None, Form(description=TTA_HELP)] = None,
         explain_q: Annotated[bool | None, Query(alias="explain", description="same as the form field")] = None,
+        tta_q: Annotated[bool | None, Query(alias="tta", description="same as the form field")] = None,
     ) -> JSONResponse:
-        """Stage of one MRI slice: calibrated probabilities for the four stages and the model version."""
+        """Stage of one MRI slice: calibrated probabilities for the four stages, the model version
+        and ``quality`` (out-of-distribution and Grad-CAM warnings)."""
         s = svc(request)
         timing = ServerTiming()
         t0 = time.perf_counter()
@@ -363,7 +379,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             up = await read_upload(s, file, nifti_slice)
             await up.resolve(need_png=want_explain)
         with timing.phase("classify"):
-            result, cached = await classify(s, up, want_explain, timing)
+            result, cached = await classify(s, up, want_explain, timing, tta=_bool(tta, tta_q))
+        with_quality(result)
         result["cached"] = cached
         if want_explain:
             result["canonical"] = await up.png()
@@ -378,8 +395,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from_stage: Annotated[str | None, Form(max_length=32, description="start stage (name, slug nd/vmd/md/mod, or 0-3); default: the predicted stage")] = None,
         explain: Annotated[bool | None, Form(description="include the Grad-CAM overlay")] = None,
         nifti_slice: Annotated[int | None, Form(ge=0, le=4096)] = None,
+        tta: Annotated[bool | None, Form(description=TTA_HELP)] = None,
         explain_q: Annotated[bool | None, Query(alias="explain")] = None,
         from_stage_q: Annotated[str | None, Query(alias="from_stage", max_length=32)] = None,
+        tta_q: Annotated[bool | None, Query(alias="tta")] = None,
     ) -> JSONResponse:
         """Stage plus the synthetic road ahead: one SYNTHETIC slice per stage up to Moderate Dementia."""
         s = svc(request)
@@ -392,6 +411,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 start = stage_index(requested)
             except ValueError:
                 raise ServiceError(422, "bad_stage", f"from_stage must be one of {', '.join(STAGES)}, a slug (nd, vmd, md, mod) or 0-3") from None
+        want_tta = _bool(tta, tta_q)
         # The upload is resolved even while a backend's circuit is open: its answer may be cached.
         with timing.phase("upload"):
             up = await read_upload(s, file, nifti_slice)
@@ -409,7 +429,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             speculative = asyncio.ensure_future(progress(s, up, guess, timing, overlapped=True))
             try:
                 with timing.phase("classify"):
-                    result, clf_cached = await classify(s, up, _bool(explain, explain_q), timing, overlapped=True)
+                    result, clf_cached = await classify(s, up, _bool(explain, explain_q), timing, overlapped=True, tta=want_tta)
             except BaseException:
                 speculative.add_done_callback(_retrieve)  # it finishes and is cached; nobody waits
                 raise
@@ -424,16 +444,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     chain, gen_cached = await progress(s, up, start, timing)
         elif start is None:
             with timing.phase("classify"):
-                result, clf_cached = await classify(s, up, _bool(explain, explain_q), timing)
+                result, clf_cached = await classify(s, up, _bool(explain, explain_q), timing, tta=want_tta)
             start = result["stage_index"]
             with timing.phase("progress"):
                 chain, gen_cached = await progress(s, up, start, timing)
         else:
             # The start is known: ask both services at once.
             (result, clf_cached), (chain, gen_cached) = await asyncio.gather(
-                classify(s, up, _bool(explain, explain_q), timing, overlapped=True),
+                classify(s, up, _bool(explain, explain_q), timing, overlapped=True, tta=want_tta),
                 progress(s, up, start, timing, overlapped=True))
         result.update(chain)
+        with_quality(result)
         result["from_stage"] = STAGES[start]
         result["canonical"] = await up.png()
         result["cached"] = clf_cached and gen_cached
@@ -483,6 +504,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Stage a subject from a whole volume: reoriented to axial, the brain-bearing slices in the
         trained level range (at most ``volume.max_slices``), soft voting of their probabilities with
         the spread, and the progression of the representative slice it names."""
+        from alzprog.quality import report
         from alzprog.volume import MAX_SLICES, TRAINED_AREA_RANGE, representative, soft_vote
 
         s = svc(request)
@@ -522,8 +544,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "confidence": mean[voted],
             "model": answers[rep][0]["model"],
             "slices": [
-                {"index": z, "stage": max(p, key=p.get), "probabilities": p, "brain_area_fraction": f}
-                for z, p, f in zip(picked.indices, probs, picked.brain_area_fraction)
+                {"index": z, "stage": max(p, key=p.get), "probabilities": p, "brain_area_fraction": f,
+                 "ood_score": (a.get("ood") or {}).get("score")}
+                for z, p, f, (a, _) in zip(picked.indices, probs, picked.brain_area_fraction, answers)
             ],
             "representative_slice": picked.indices[rep],
             "volume": {
@@ -549,6 +572,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             result.update(chain)
             result["from_stage"] = STAGES[begin]
             cached = cached and c
+        # The volume's OOD verdict is its median slice's: one odd slice at the edge of the kept
+        # range does not flag a whole scan, a scan unlike the training data flags on most slices.
+        oods = [a["ood"] for a, _ in answers if a.get("ood")]
+        ood = None
+        if oods:
+            median = float(np.median([o["score"] for o in oods]))
+            ood = {"score": median, "threshold": oods[0]["threshold"], "out_of_distribution": median > oods[0]["threshold"]}
+        result["quality"] = report(ood, result.get("explain"))
         result["canonical"] = await rep_up.png()
         result["cached"] = cached
         log.info("volume", extra={"slices": len(uploads), "stage_index": result["stage_index"], "cached": cached})

@@ -18,6 +18,35 @@ class Explanation(BaseModel):
     target_stage: str
 
 
+class QualityWarning(BaseModel):
+    code: str = Field(description="out_of_distribution | saliency_outside_brain")
+    message: str = Field(description="what it means, for a person")
+
+
+class QualityReport(BaseModel):
+    """Notices about a slice that passed the input gate (a 200: the answer is given, with a caveat)."""
+
+    warnings: list[QualityWarning] = Field(description="empty when nothing is odd")
+    ood_score: float | None = Field(description=(
+        "distance of the slice's pooled backbone features from the served model's training slices "
+        "(normalised Mahalanobis under a PCA stored with the model; about 1 for a training slice); "
+        "null when the model has no reference"))
+    ood_threshold: float | None = Field(description="scores above this are out of distribution: the 99th percentile of the validation slices' scores")
+    out_of_distribution: bool | None = Field(description="ood_score > ood_threshold (null without a reference)")
+
+
+class TtaSpread(BaseModel):
+    """Test-time augmentation: the probabilities over fixed views of the slice (mirror, small
+    rotations, intensity gamma); the point answer stays the unaugmented slice's."""
+
+    views: int
+    mean: dict[str, float] = Field(description="mean probability per stage over the views")
+    std: dict[str, float] = Field(description="standard deviation per stage over the views")
+    p10: dict[str, float] = Field(description="10th percentile per stage")
+    p90: dict[str, float] = Field(description="90th percentile per stage")
+    agreement: float = Field(description="share of views whose most probable stage is the unaugmented slice's")
+
+
 class PredictResponse(BaseModel):
     stage: str = Field(description="predicted stage (one of the four OASIS stage names)")
     stage_index: int = Field(ge=0, le=3)
@@ -27,6 +56,8 @@ class PredictResponse(BaseModel):
     cached: bool = Field(description="true when this answer came from the result cache")
     explain: Explanation | None = Field(None, description="Grad-CAM, when explain=true")
     canonical: str | None = Field(None, description="the canonical slice the models saw, data:image/png;base64,... (progression, or explain=true)")
+    quality: QualityReport
+    tta: TtaSpread | None = Field(None, description="spread over test-time augmentation views, when tta=true")
 
 
 class ChangeFigures(BaseModel):
@@ -115,6 +146,7 @@ class VolumeSlice(BaseModel):
     stage: str = Field(description="this slice's most probable stage")
     probabilities: dict[str, float]
     brain_area_fraction: float = Field(description="brain area of this slice over the widest brain slice's")
+    ood_score: float | None = Field(None, description="this slice's out-of-distribution score (see QualityReport)")
 
 
 class VolumeInfo(BaseModel):
@@ -142,6 +174,7 @@ class VolumeResponse(BaseModel):
     steps: list[Step] | None = Field(None, description="the synthetic road ahead from the representative slice (progression=true)")
     generator_models: list[ModelVersion] | None = None
     input_morphometry: Morphometrics | None = None
+    quality: QualityReport = Field(description="OOD verdict of the median slice score, and the representative slice's Grad-CAM warning")
     cached: bool = Field(description="true when every part of this answer came from the result cache")
 
 

@@ -124,3 +124,44 @@ def assess(image: np.ndarray, brain: np.ndarray | None = None) -> QualityFigures
     figures = measure(image, brain)
     check(figures)
     return figures
+
+
+# ---------------------------------------------------------------------- warnings (a 200, not a 422)
+OUT_OF_DISTRIBUTION = "out_of_distribution"
+SALIENCY_OUTSIDE_BRAIN = "saliency_outside_brain"
+
+
+def warnings_for(ood: dict | None, saliency_in_brain: float | None) -> list[dict[str, str]]:
+    """The notices for a slice that passed the gate: unlike the model's training data (``ood``:
+    the classifier's score, :mod:`alzprog.ood`), or a Grad-CAM mostly outside the brain."""
+    from alzprog.explain import SHORTCUT_THRESHOLD
+
+    out: list[dict[str, str]] = []
+    if ood is not None and ood.get("out_of_distribution"):
+        out.append({
+            "code": OUT_OF_DISTRIBUTION,
+            "message": (
+                "This slice is unlike the slices the model was trained on (feature distance "
+                f"{ood['score']:.2f}, threshold {ood['threshold']:.2f}): another kind of scan, plane, level or "
+                "contrast. The stage and the synthetic images may not mean anything for it."),
+        })
+    if saliency_in_brain is not None and saliency_in_brain < SHORTCUT_THRESHOLD:
+        out.append({
+            "code": SALIENCY_OUTSIDE_BRAIN,
+            "message": (
+                f"Only {100 * saliency_in_brain:.0f} % of the Grad-CAM saliency lies inside the brain: the model "
+                "looked mostly elsewhere (skull, background, border), which suggests a shortcut, not anatomy."),
+        })
+    return out
+
+
+def report(ood: dict | None, explain: dict | None) -> dict:
+    """The ``quality`` object of an answer: warnings, and the OOD score with its threshold (nulls
+    when the served model has no reference)."""
+    fraction = explain.get("saliency_in_brain_fraction") if explain else None
+    return {
+        "warnings": warnings_for(ood, fraction),
+        "ood_score": None if ood is None else float(ood["score"]),
+        "ood_threshold": None if ood is None else float(ood["threshold"]),
+        "out_of_distribution": None if ood is None else bool(ood["out_of_distribution"]),
+    }

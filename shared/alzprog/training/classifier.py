@@ -626,7 +626,7 @@ def _finish_main(cfg, split_dir, model, best, history, train_df, val_df, val_ds,
                  device, amp, out_dir: Path, run_id, mlflow, register, promote, shuffle_labels, dist,
                  train_seconds, train_images, t_start, progress, save_artifact) -> TrainResult:
     """Rank 0: restore the best checkpoint, calibrate, save the artifact, report, log, register."""
-    from alzprog import registry
+    from alzprog import ood, registry
 
     model.load_state_dict(best["state"])
     model.eval()
@@ -683,6 +683,7 @@ def _finish_main(cfg, split_dir, model, best, history, train_df, val_df, val_ds,
     example = torch.stack([val_ds[i][0] for i in range(min(2, len(val_ds)))])
     model_cpu = model.to("cpu").float()
     summary["digests"] = save_artifact(model_dir, model_cpu, mc, example)
+    summary["digests"] = ood.attach_reference(model_dir, model_cpu, train_df, val_ds, device, int(cfg.get("eval_batch_size", 64)))
     (out_dir / "train_report.json").write_text(json.dumps(summary, indent=2, default=float))
     (out_dir / "train_report.md").write_text(_train_markdown(summary))
 
