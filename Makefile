@@ -27,7 +27,7 @@ stop:
 	$(BIN)/python scripts/run_stack.py --stop
 
 bench: setup
-	$(BIN)/alzprog bench
+	$(BIN)/python -m benchmarks.run
 
 loadtest: setup
 	$(BIN)/python scripts/loadtest.py

@@ -226,7 +226,7 @@ def register_untrained_quick(home: Path) -> dict[str, str | None]:
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # the data home's sqlite store
     from alzprog import registry
     from alzprog.artifacts import save_artifact
-    from alzprog.bench.forward import generator_example
+    from benchmarks.forward import generator_example
     from alzprog.bootstrap import champion_versions
     from alzprog.constants import CHAMPION_ALIAS, CLASSIFIER_MODEL_NAME, TRANSITIONS, progression_model_name
     from alzprog.models import build_model

@@ -1,4 +1,4 @@
-"""Benchmark smoke tests: the harness computes what it claims and ``alzprog bench --quick`` runs.
+"""Benchmark smoke tests: the harness computes what it claims and ``python -m benchmarks.run --quick`` runs.
 
 No thresholds on speed (the machine is shared and noisy): these tests check that timings are
 taken, ratios against baselines are computed, and the CSV, the markdown report and
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from alzprog.bench.harness import Measurement, fill_ratios, summarize, time_callable
-from alzprog.bench.report import TARGET_NAMES, evaluate_targets, write_results
+from benchmarks.harness import Measurement, fill_ratios, summarize, time_callable
+from benchmarks.report import evaluate_targets, write_results
 
 CONTRACT_TARGETS = {
     "service_vs_inprocess_p50",
@@ -31,9 +31,21 @@ CONTRACT_TARGETS = {
 }
 
 
-def test_target_names_match_the_contract() -> None:
-    assert set(TARGET_NAMES) == CONTRACT_TARGETS
-    assert len(TARGET_NAMES) == len(CONTRACT_TARGETS)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_alzprog_bench_points_at_make_bench() -> None:
+    """The benchmarks left the installed library: the old command says where they are."""
+    proc = subprocess.run([sys.executable, "-m", "alzprog", "bench", "--quick"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "make bench" in proc.stderr and "python -m benchmarks.run" in proc.stderr
+
+
+def test_bench_runner_refuses_an_unknown_comparison() -> None:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--only", "forward,nosuch"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "nosuch" in proc.stderr and "forward" in proc.stderr
 
 
 def test_summarize_percentiles() -> None:
@@ -88,7 +100,7 @@ def test_ratios_and_targets(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_quick_smoke(tmp_path: Path) -> None:
-    """``alzprog bench --quick``: forward, training and the classifier service vs ``mlflow models serve``.
+    """``python -m benchmarks.run --quick``: forward, training and the classifier service vs ``mlflow models serve``.
 
     Starts its own MLflow server, a classifier service and ``mlflow models serve`` on tiny
     models (the gateway and batching comparisons are covered by ``make bench``; the gateway
@@ -99,9 +111,9 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
     env["ALZPROG_HOME"] = str(tmp_path / "home")
     env.pop("MLFLOW_TRACKING_URI", None)  # the bench starts its own server; never the suite's registry
     proc = subprocess.run(
-        [sys.executable, "-m", "alzprog", "bench", "--quick", "--only", "forward,training,service",
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--only", "forward,training,service",
          "--out", str(out), "--workdir", str(tmp_path / "work")],
-        capture_output=True, text=True, env=env, timeout=840,
+        cwd=REPO, capture_output=True, text=True, env=env, timeout=840,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 

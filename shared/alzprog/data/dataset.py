@@ -652,21 +652,3 @@ def loader_step_rates(
         result[f"ratio_{name}"] = round(result[f"loader_{name}_steps_per_s"] / result["memory_steps_per_s"], 3)
         del it, loader
     return result
-
-
-if __name__ == "__main__":  # python -m alzprog.data.dataset [--arch ...]: the issue #7 throughput check
-    import argparse
-
-    parser = argparse.ArgumentParser(description=loader_step_rates.__doc__)
-    parser.add_argument("--arch", default="efficientnet_b4")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--warmup", type=int, default=15)
-    parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    a = parser.parse_args()
-    print(json.dumps(loader_step_rates(
-        arch=a.arch, image_size=a.image_size, batch_size=a.batch_size, steps=a.steps, warmup=a.warmup,
-        num_workers=a.workers, device=a.device,
-    )))

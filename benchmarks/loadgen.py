@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from alzprog.bench.harness import load_average, summarize
+from benchmarks.harness import load_average, summarize
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from alzprog.bench.harness import Measurement, load_average, summarize, torch_threads
+from benchmarks.harness import Measurement, load_average, summarize, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def dataset_frame(workdir: Path) -> pd.DataFrame:
             return frame
     except Exception as exc:  # noqa: BLE001 - fall back to the real samples, say so
         log.warning("phantom unavailable (%s); timing on the OASIS samples", exc)
-    from alzprog.bench.stack import repo_root
+    from benchmarks.stack import repo_root
     from alzprog.constants import STAGES
 
     data = repo_root().parent / "shared" / "oasis-samples" / "Data"
@@ -106,7 +106,7 @@ def classifier_rates(frame: pd.DataFrame, *, batch_size: int, n_steps: int, warm
     """Images/s of the classifier training step fed by the pipeline and from memory."""
     from torch.utils.data import DataLoader
 
-    from alzprog.bench import forward
+    from benchmarks import forward
     from alzprog.data.dataset import CanonicalCache, StageSliceDataset, augment_batch, make_subject_balanced_sampler
     from alzprog.preprocessing import classifier_input
 
@@ -157,7 +157,7 @@ def classifier_rates(frame: pd.DataFrame, *, batch_size: int, n_steps: int, warm
 def generator_rates(frame: pd.DataFrame, *, batch_size: int, n_steps: int, warmup: int,
                     tiny: bool = False) -> dict[str, dict[str, Any]]:
     """Images/s of the paired GAN step fed by ``to_generator_tensors`` per step vs from memory."""
-    from alzprog.bench import forward
+    from benchmarks import forward
     from alzprog.data.dataset import CanonicalCache
     from alzprog.models.progression_generator import build_discriminator, build_generator
     from alzprog.training.config import load_config

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from alzprog.bench.harness import Measurement, measurement, time_callable, torch_threads
-from alzprog.bench.loadgen import RequestSpec, run_load
-from alzprog.bench.stack import BenchStack, free_port
+from benchmarks.harness import Measurement, measurement, time_callable, torch_threads
+from benchmarks.loadgen import RequestSpec, run_load
+from benchmarks.stack import BenchStack, free_port
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,13 @@ CONCURRENCIES = (1, 4, 16)
 
 def sample_upload() -> bytes:
     """A real OASIS slice (JPEG) from the samples beside the checkout, else a synthetic head PNG."""
-    from alzprog.bench.stack import repo_root
+    from benchmarks.stack import repo_root
 
     for root in (repo_root().parent / "shared" / "oasis-samples" / "Data", repo_root() / "shared" / "oasis-samples" / "Data"):
         files = sorted((root / "Non Demented").glob("*.jpg")) if root.is_dir() else []
         if files:
             return files[len(files) // 2].read_bytes()
-    from alzprog.bench.original_pipeline import png_bytes
+    from benchmarks.original_pipeline import png_bytes
 
     log.warning("OASIS samples not found; using a synthetic head image")
     yy, xx = np.mgrid[0:248, 0:496]
@@ -57,9 +57,7 @@ def canonical_of(upload: bytes):  # noqa: ANN201 - CanonicalSlice
 
 def canonical_request(image: np.ndarray, mask: np.ndarray | None = None) -> RequestSpec:
     """``POST /v1/classify`` with the internal wire format."""
-    from alzprog.bench.stack import services_importable
 
-    services_importable()
     from services.common.wire import encode_canonical
 
     body, headers = encode_canonical(image, mask)
@@ -68,7 +66,7 @@ def canonical_request(image: np.ndarray, mask: np.ndarray | None = None) -> Requ
 
 def pyfunc_request(image: np.ndarray) -> RequestSpec:
     """``POST /invocations`` of ``mlflow models serve``: base64 PNG in a ``dataframe_split``."""
-    from alzprog.bench.original_pipeline import png_bytes
+    from benchmarks.original_pipeline import png_bytes
 
     b64 = base64.b64encode(png_bytes(image)).decode("ascii")
     body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[b64]]}})
@@ -78,7 +76,7 @@ def pyfunc_request(image: np.ndarray) -> RequestSpec:
 def inprocess_reference(model_dir: Path, image: np.ndarray, *, repeats: int, warmup: int,
                         threads: int | None = None) -> dict[str, Any]:
     """p50 of classifier_input + ONNX Runtime forward of ``model_dir/model.onnx`` in this process."""
-    from alzprog.bench.forward import ort_session
+    from benchmarks.forward import ort_session
     from alzprog.preprocessing import classifier_input
 
     cfg = json.loads((model_dir / "config.json").read_text())
@@ -134,7 +132,7 @@ def run(stack: BenchStack, *, quick: bool = False, repeats: int = 30) -> tuple[l
     Expects ``stack`` to have MLflow running and the classifier champion registered; starts the
     classifier service if it is not running, starts and stops ``mlflow models serve``.
     """
-    from alzprog.bench.original_pipeline import register_pyfunc
+    from benchmarks.original_pipeline import register_pyfunc
     from alzprog.constants import CLASSIFIER_MODEL_NAME
     from alzprog.registry import resolve_model
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alzprog.bench.harness import Measurement, fill_ratios
-from alzprog.bench.report import TARGET_NAMES, evaluate_targets, markdown_table, targets_table, write_results
+from benchmarks.harness import Measurement, fill_ratios
+from benchmarks.report import TARGET_NAMES, evaluate_targets, markdown_table, targets_table, write_results
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +96,15 @@ def run_bench(
     wd = Path(tmp.name) if tmp else Path(workdir)  # type: ignore[union-attr]
     try:
         if "forward" in selected:
-            from alzprog.bench import forward
+            from benchmarks import forward
 
             attempt("forward", lambda: (forward.run(quick=quick, repeats=repeats, compile_generators=compile_generators), {}))
         if "training" in selected:
-            from alzprog.bench import training
+            from benchmarks import training
 
             attempt("training", lambda: training.run(quick=quick, workdir=wd / "training"))
         if any(c in selected for c in SERVICE_COMPARISONS):
-            from alzprog.bench.stack import BenchStack
+            from benchmarks.stack import BenchStack
 
             with BenchStack(wd / "stack") as stack:
                 try:
@@ -118,17 +118,17 @@ def run_bench(
                     notes.append(f"service comparisons not run: the stack failed ({type(exc).__name__}: {str(exc)[:300]})")
                 else:
                     if "service" in selected:
-                        from alzprog.bench import services
+                        from benchmarks import services
 
                         attempt("service", lambda: services.run(stack, quick=quick, repeats=repeats))
                     if "gateway" in selected:
-                        from alzprog.bench import gateway
+                        from benchmarks import gateway
 
                         attempt("gateway", lambda: gateway.run(stack, quick=quick, repeats=repeats))
                         for name in ("gateway", "generator"):
                             stack.stop(name)  # free the CPUs before batching is measured
                     if "batching" in selected:
-                        from alzprog.bench import batching
+                        from benchmarks import batching
 
                         attempt("batching", lambda: batching.run(stack, quick=quick))
     finally:

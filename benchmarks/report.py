@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from alzprog.bench.harness import Measurement
+from benchmarks.harness import Measurement
 
 
 @dataclass(frozen=True)

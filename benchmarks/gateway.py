@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from alzprog.bench.harness import Measurement, measurement, merge_stats, time_callable
-from alzprog.bench.loadgen import RequestSpec, run_load
-from alzprog.bench.stack import BenchStack
+from benchmarks.harness import Measurement, measurement, merge_stats, time_callable
+from benchmarks.loadgen import RequestSpec, run_load
+from benchmarks.stack import BenchStack
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def redis_url() -> str:
 
 def unique_uploads(upload: bytes, n: int, seed: int = 0) -> list[bytes]:
     """``n`` PNG uploads of the same slice, each with a distinct small change inside the head."""
-    from alzprog.bench.original_pipeline import png_bytes
+    from benchmarks.original_pipeline import png_bytes
     from alzprog.decode import decode_slice
 
     gray = decode_slice(upload)
@@ -65,10 +65,8 @@ def upload_request(path: str, data: bytes, form: dict[str, str] | None = None) -
 
 def _generator_request(upload: bytes) -> RequestSpec:
     """``POST /v1/progress?from_stage=0`` of the generator service with the canonical image + mask."""
-    from alzprog.bench.stack import services_importable
     from alzprog.preprocessing import load_canonical
 
-    services_importable()
     from services.common.wire import encode_canonical
 
     c = load_canonical(upload)
@@ -113,8 +111,8 @@ def run(stack: BenchStack, *, quick: bool = False, repeats: int = 30) -> tuple[l
     """
     import redis
 
-    from alzprog.bench.original_pipeline import OriginalPipeline
-    from alzprog.bench.services import sample_upload
+    from benchmarks.original_pipeline import OriginalPipeline
+    from benchmarks.services import sample_upload
 
     url = redis_url()
     redis.Redis.from_url(url, socket_timeout=2).ping()  # fail fast with a clear error when Redis is down

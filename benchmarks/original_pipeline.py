@@ -44,7 +44,7 @@ class OriginalPipeline:
     """Eager B4 classification then three eager DCGAN steps, in one process, one request at a time."""
 
     def __init__(self, *, tiny: bool = False) -> None:
-        from alzprog.bench import forward
+        from benchmarks import forward
 
         cfg = forward.classifier_config(tiny)
         self.classifier = forward.build_classifier(tiny).eval()

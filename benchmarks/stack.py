@@ -25,24 +25,9 @@ BIN = Path(sys.executable).parent
 
 
 def repo_root() -> Path:
-    """The checkout holding ``services/`` (the services run as ``python -m services.<name>``)."""
-    import alzprog
-
-    root = Path(alzprog.__file__).resolve().parents[2]
-    if not (root / "services").is_dir():
-        raise FileNotFoundError(f"services/ not found beside the alzprog package (looked in {root})")
-    return root
-
-
-def services_importable() -> None:
-    """Put the checkout on ``sys.path`` so ``services.*`` (wire format, settings) can be imported.
-
-    The services are not part of the installed package; the bench reads their wire format and
-    settings from the checkout it runs the services from.
-    """
-    root = str(repo_root())
-    if root not in sys.path:
-        sys.path.append(root)
+    """The checkout: ``benchmarks/`` stands beside ``services/`` and ``shared/`` (the services run
+    as ``python -m services.<name>`` from here)."""
+    return Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -198,7 +183,7 @@ class BenchStack:
 
         from alzprog import registry
         from alzprog.artifacts import save_artifact
-        from alzprog.bench import forward
+        from benchmarks import forward
         from alzprog.constants import CHAMPION_ALIAS, CLASSIFIER_MODEL_NAME, TRANSITIONS, progression_model_name
 
         registry.tracking_uri()

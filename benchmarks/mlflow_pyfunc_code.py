@@ -6,6 +6,6 @@ is pickled. It is never imported by the services.
 
 import mlflow
 
-from alzprog.bench.original_pipeline import StageClassifierPyfunc
+from benchmarks.original_pipeline import StageClassifierPyfunc
 
 mlflow.models.set_model(StageClassifierPyfunc())

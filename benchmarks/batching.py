@@ -14,17 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from alzprog.bench.harness import Measurement
-from alzprog.bench.stack import BenchStack
+from benchmarks.harness import Measurement
+from benchmarks.stack import BenchStack
 
 log = logging.getLogger(__name__)
 
 
 def batching_settings() -> dict[str, Any]:
     """The classifier's batching fields ``{name: default}`` (empty when the service has none)."""
-    from alzprog.bench.stack import services_importable
-
-    services_importable()
     from services.classifier.settings import Settings
 
     return {name: f.default for name, f in Settings.model_fields.items() if "batch" in name.lower()}
@@ -81,8 +78,7 @@ def run(stack: BenchStack, *, quick: bool = False) -> tuple[list[Measurement], d
     better of the two "on" variants, named in the note. Without batching settings in the
     classifier service the rows are absent and the target is reported as not measured.
     """
-    from alzprog.bench.services import bench_classifier_service, canonical_of, sample_upload
-    from alzprog.bench.stack import services_importable
+    from benchmarks.services import bench_classifier_service, canonical_of, sample_upload
 
     fields = batching_settings()
     if not fields:
@@ -95,8 +91,7 @@ def run(stack: BenchStack, *, quick: bool = False) -> tuple[list[Measurement], d
         note = f"dynamic batching: cannot tell how to switch it off from the settings {fields}; not measured"
         log.warning(note)
         return [], {"batching_throughput_gain_c16": float("nan")}, [note]
-    services_importable()
-    from services.common.cpu import available_cpus
+    from alzprog.inference.runtime import available_cpus
 
     cpus = str(available_cpus())
     image = canonical_of(sample_upload()).image

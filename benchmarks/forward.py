@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from alzprog.bench.harness import Measurement, measurement, time_callable, torch_threads
+from benchmarks.harness import Measurement, measurement, time_callable, torch_threads
 
 log = logging.getLogger(__name__)
 
