@@ -19,18 +19,13 @@ import numpy as np
 
 from alzprog.artifacts import ONNX_FILE
 from alzprog.constants import STAGES
+from alzprog.inference.classifier import calibrated_probabilities, explain_stage
+from alzprog.inference.runtime import ThreadPolicy, make_session, prepare_session, run_session
 from alzprog.ood import feature_graph, load_reference
 
 from services.common.model_slot import ModelRef
-from services.common.ort import ThreadPolicy, make_session, run_session
 
 log = logging.getLogger("classifier.model")
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 class ClassifierRuntime:
@@ -70,8 +65,8 @@ class ClassifierRuntime:
         t0 = time.perf_counter()
         probe = np.zeros((self.size, self.size), np.uint8)
         self.logits(probe)  # warm-up: first run allocates
-        if hasattr(self.session, "calibrate"):  # adaptive threads: time both sessions alone now
-            self.session.calibrate({self.input_name: self._input(probe)})
+        if self.session is not None:
+            prepare_session(self.session, {self.input_name: self._input(probe)})
         self.warmup_s = time.perf_counter() - t0
 
     def _feature_session_path(self, onnx_path: Path) -> Path:
@@ -143,11 +138,11 @@ class ClassifierRuntime:
         test-time views (``alzprog.tta``; the point answer stays the unaugmented slice's)."""
         if not tta:
             logits, feats = self.forward([image], overlapped)
-            return self._result(softmax(logits[0] / self.temperature), None if feats is None else feats[0])
+            return self._result(calibrated_probabilities(logits[0], self.temperature), None if feats is None else feats[0])
         from alzprog import tta as tta_views
 
         logits, feats = self.forward(tta_views.views(image), overlapped)
-        probs = softmax(logits / self.temperature)
+        probs = calibrated_probabilities(logits, self.temperature)
         result = self._result(probs[0], None if feats is None else feats[0])
         result["tta"] = tta_views.summarise(probs)
         return result
@@ -157,7 +152,7 @@ class ClassifierRuntime:
         if self.session is None or len(images) == 1:
             return [self.predict(im) for im in images]
         logits, feats = self.forward(images)
-        return [self._result(p, None if feats is None else feats[i]) for i, p in enumerate(softmax(logits / self.temperature))]
+        return [self._result(p, None if feats is None else feats[i]) for i, p in enumerate(calibrated_probabilities(logits, self.temperature))]
 
     def _result(self, probs: np.ndarray, features: np.ndarray | None = None) -> dict[str, Any]:
         idx = int(np.argmax(probs))
@@ -175,24 +170,15 @@ class ClassifierRuntime:
         """Grad-CAM of class ``target`` as an overlay PNG data URL, plus its in-brain fraction."""
         import torch
 
-        from alzprog import explain
-        from alzprog.preprocessing import brain_mask
-
-        if mask is None:
-            mask = brain_mask(image)
         model = self._torch()
         x = torch.from_numpy(self._input(image))
         # Grad-CAM needs gradients; one explanation at a time per model keeps memory bounded.
         with self._torch_lock:
-            cam = explain.grad_cam(model, x, target)
-        cam = np.asarray(cam, dtype=np.float32)
-        fraction = float(explain.saliency_in_brain_fraction(cam, mask))
-        if not np.isfinite(fraction):
-            fraction = None  # an all-zero heat map attributes nothing (JSON has no NaN)
-        png = explain.overlay_png(image, cam)
+            explained = explain_stage(model, x, image, mask, target)
         return {
-            "overlay": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
-            "saliency_in_brain_fraction": fraction,
+            "overlay": "data:image/png;base64," + base64.b64encode(explained.overlay_png).decode("ascii"),
+            # None for an all-zero heat map: it attributes nothing (JSON has no NaN).
+            "saliency_in_brain_fraction": explained.in_brain_fraction,
             "target_stage": STAGES[target],
         }
 
