@@ -38,24 +38,9 @@ def free_port() -> int:
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log_path: Path | None = None) -> None:
     """Poll ``url`` until it answers 2xx; raise with the process log's tail if it dies or times out."""
-    import httpx
+    from alzprog.readiness import wait_ready
 
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-3000:] if log_path and log_path.exists() else ""
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}:\n{tail}")
-        try:
-            r = httpx.get(url, timeout=2.0)
-            if 200 <= r.status_code < 300:
-                return
-            last = f"HTTP {r.status_code}: {r.text[:200]}"
-        except httpx.HTTPError as exc:
-            last = str(exc)
-        time.sleep(0.5)
-    tail = log_path.read_text(errors="replace")[-3000:] if log_path and log_path.exists() else ""
-    raise TimeoutError(f"{url} not ready within {timeout:.0f}s ({last})\n{tail}")
+    wait_ready(url, timeout=timeout, proc=proc, log_path=log_path, interval=0.5)
 
 
 @dataclass

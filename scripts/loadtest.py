@@ -271,16 +271,19 @@ def start_stack(url: str, home: Path | None, log_path: Path, timeout: float, cac
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "run_stack.py")], cwd=REPO, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    from alzprog.readiness import wait_ready
+
     t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            sys.exit(f"error: the stack exited with {proc.returncode}; see {log_path}")
-        if http_status(f"{url}/readyz") == 200:
-            print(f"[loadtest] stack ready in {time.monotonic() - t0:.0f} s", flush=True)
-            return proc
-        time.sleep(1.0)
-    stop_stack(proc)
-    sys.exit(f"error: the stack was not ready within {timeout:.0f} s; see {log_path}")
+    try:
+        wait_ready(f"{url}/readyz", timeout=timeout, proc=proc, name="the stack", accept=lambda r: r.status_code == 200,
+                   interval=1.0)
+    except RuntimeError:
+        sys.exit(f"error: the stack exited with {proc.returncode}; see {log_path}")
+    except TimeoutError:
+        stop_stack(proc)
+        sys.exit(f"error: the stack was not ready within {timeout:.0f} s; see {log_path}")
+    print(f"[loadtest] stack ready in {time.monotonic() - t0:.0f} s", flush=True)
+    return proc
 
 
 def stop_stack(proc: subprocess.Popen) -> None:

@@ -73,17 +73,9 @@ def start(module: str, env: dict[str, str], log: Path) -> subprocess.Popen:
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(url)
+    from alzprog.readiness import wait_ready as poll
+
+    poll(url + "/readyz", timeout=timeout, proc=proc, accept=lambda r: r.status_code == 200)
 
 
 def png(arr: np.ndarray, level: int = 6) -> bytes:

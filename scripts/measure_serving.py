@@ -96,13 +96,9 @@ def main() -> int:
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             g2 = httpx.Client(base_url=f"http://127.0.0.1:{gw_port}", timeout=120, trust_env=False)
-            for _ in range(120):
-                try:
-                    if g2.get("/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.5)
+            from alzprog.readiness import wait_ready
+
+            wait_ready("/readyz", timeout=60, proc=proc, get=g2.get, interval=0.5, accept=lambda r: r.status_code == 200)
             ms_list, st = [], []
             for i in range(args.n):
                 data = variant(sample, seed + 1000 + i)

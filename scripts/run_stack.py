@@ -167,24 +167,16 @@ def tail(path: Path, n: int = 30) -> str:
 
 def wait_ready(stack: Stack, children: list[Child], timeout: float) -> None:
     """Wait until every child's ready URL answers 200; fail with its log when one dies."""
-    pending = {c.name: c for c in children if c.ready_url}
+    from alzprog.readiness import wait_ready as poll
+
     deadline = time.monotonic() + timeout
-    last_note = time.monotonic()
-    while pending and time.monotonic() < deadline:
-        for name, child in list(pending.items()):
-            if not child.alive():
-                raise RuntimeError(f"{name} exited with code {child.proc.returncode}; last log lines:\n{tail(child.log)}")
-            if http_ok(child.ready_url):
-                print(f"[run]   {name} ready", flush=True)
-                del pending[name]
-        if pending and time.monotonic() - last_note > 15:
-            print(f"[run]   waiting for {', '.join(pending)} ...", flush=True)
-            last_note = time.monotonic()
-        time.sleep(0.5)
-    if pending:
-        names = ", ".join(pending)
-        logs = "\n".join(f"--- {n}:\n{tail(c.log)}" for n, c in pending.items())
-        raise TimeoutError(f"not ready within {timeout:.0f} s: {names}\n{logs}")
+    for child in (c for c in children if c.ready_url):
+        if not child.alive():  # one that died while another was awaited
+            raise RuntimeError(f"{child.name} exited with code {child.proc.returncode}; last log lines:\n{tail(child.log)}")
+        poll(child.ready_url, timeout=max(0.0, deadline - time.monotonic()), proc=child.proc, log_path=child.log,
+             name=child.name, accept=lambda r: r.status_code == 200, interval=0.5,
+             on_wait=lambda _s, n=child.name: print(f"[run]   waiting for {n} ...", flush=True))
+        print(f"[run]   {child.name} ready", flush=True)
 
 
 def run() -> int:

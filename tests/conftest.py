@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -30,20 +29,10 @@ def free_port() -> int:
 
 
 def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
-    import httpx
+    """Wait until ``url`` answers below 500 (the one readiness poll, ``alzprog.readiness``)."""
+    from alzprog.readiness import wait_ready
 
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code < 500:
-                return
-        except Exception as exc:  # noqa: BLE001 - still starting
-            last = exc
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout}s ({last})")
+    wait_ready(url, timeout=timeout, proc=proc, accept=lambda r: r.status_code < 500, interval=0.5)
 
 
 @pytest.fixture(scope="session")

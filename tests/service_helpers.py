@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,17 +149,10 @@ def start_service(name: str, port: int, env: dict[str, str], log_dir: Path, modu
 
 def wait_ready(svc: ServiceProcess, timeout: float = 120.0, path: str = "/readyz") -> None:
     """Wait until ``path`` answers 200; fail with the service log when it dies or times out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if svc.proc.poll() is not None:
-            raise RuntimeError(f"{svc.name} exited with {svc.proc.returncode}:\n{svc.log_text()[-4000:]}")
-        try:
-            if httpx.get(svc.url + path, timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{svc.name} not ready within {timeout}s:\n{svc.log_text()[-4000:]}")
+    from alzprog.readiness import wait_ready as poll
+
+    poll(svc.url + path, timeout=timeout, proc=svc.proc, log_path=svc.log_path, name=svc.name,
+         accept=lambda r: r.status_code == 200)
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
@@ -191,13 +183,9 @@ def progress_count(url: str) -> float:
 
 def wait_client_ready(client, timeout: float = 60.0) -> dict:
     """Poll an in-process TestClient's ``/readyz`` until 200; return its JSON."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = client.get("/readyz")
-        if r.status_code == 200:
-            return r.json()
-        time.sleep(0.1)
-    raise AssertionError(f"not ready: {r.json()}")
+    from alzprog.readiness import wait_ready as poll
+
+    return poll("/readyz", timeout=timeout, get=client.get, interval=0.1, accept=lambda r: r.status_code == 200).json()
 
 
 def attach_ood_reference(artifact: Path, images: list, val_share: float = 0.34) -> Path:

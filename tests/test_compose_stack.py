@@ -116,18 +116,13 @@ class ComposeStack:
 
 
 def _wait_ready(url: str, deadline_s: float, headers: dict | None = None) -> dict:
-    end = time.monotonic() + deadline_s
-    last = None
-    while time.monotonic() < end:
-        try:
-            r = httpx.get(url + "/readyz", headers=headers, timeout=5)
-            last = (r.status_code, r.text[:500])
-            if r.status_code == 200:
-                return r.json()
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(1)
-    raise AssertionError(f"{url}/readyz not ready within {deadline_s} s: {last}")
+    from alzprog.readiness import wait_ready
+
+    try:
+        return wait_ready(url + "/readyz", timeout=deadline_s, headers=headers, interval=1.0,
+                          accept=lambda r: r.status_code == 200).json()
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def _upload(path: Path) -> dict:

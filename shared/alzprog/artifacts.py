@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from alzprog.hashing import sha256_file  # noqa: F401 - re-exported: artifacts.sha256_file
+
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
@@ -48,15 +50,6 @@ class LoadedArtifact:
     config: dict[str, Any]
     digests: dict[str, str]
     dir: Path
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

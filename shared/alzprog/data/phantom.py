@@ -678,7 +678,7 @@ def encode_jpeg(gray: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def encode_png(mask: np.ndarray) -> bytes:
+def encode_mask_png(mask: np.ndarray) -> bytes:
     """A binary mask as a 1-bit PNG."""
     from PIL import Image
 
@@ -721,7 +721,7 @@ def _synthesize_subject(p: SubjectParams, slices: list[int], out_dir: Path) -> l
         anat = _sample_anatomy(tpl, p, sl, def_fields)
         renderer = _SliceRenderer(tpl, p, anat, rng)
         icv_name = f"icv_{sl}.png"
-        (subject_dir / icv_name).write_bytes(encode_png(anat.icv))
+        (subject_dir / icv_name).write_bytes(encode_mask_png(anat.icv))
         for k, severity in enumerate(p.severities):
             res = renderer.render(severity, np.random.default_rng([p.seed, sl, k]))
             name = longitudinal_name(k, sl)

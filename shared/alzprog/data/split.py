@@ -24,6 +24,7 @@ import pandas as pd
 
 from alzprog.constants import STAGES
 from alzprog.data.manifest import MANIFEST_COLUMNS, read_manifest
+from alzprog.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -80,17 +81,9 @@ class SplitReport:
         return "\n".join(lines)
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def manifest_hash(manifest_csv: Path) -> str:
     """SHA-256 of the manifest file's bytes."""
-    return _sha256_file(Path(manifest_csv))
+    return sha256_file(Path(manifest_csv))
 
 
 def split_hash(split_dir: Path) -> str:
@@ -104,7 +97,7 @@ def split_hash(split_dir: Path) -> str:
         if not path.exists():
             raise FileNotFoundError(f"split side {path} is missing")
         h.update(side.encode() + b"\0")
-        h.update(_sha256_file(path).encode() + b"\n")
+        h.update(sha256_file(path).encode() + b"\n")
     return h.hexdigest()
 
 
