@@ -187,6 +187,10 @@ class ModelCardEntry(BaseModel):
     registered_at: str | None = Field(None, description="when this version was registered (ISO 8601, UTC)")
     run_id: str | None = None
     data_kind: str | None = Field(None, description="synthetic phantom, real (OASIS) or unknown, from what the run recorded")
+    figures: dict[str, float | list[float] | str] | None = Field(None, description=(
+        "held-out figures that evaluation recorded on this version: classifier test_subject_macro_f1 with "
+        "test_subject_macro_f1_ci [low, high] (bootstrap over subjects), test_subjects, trained_on_subjects; "
+        "generators test_change_correlation, test_csf_growth_ratio, test_pairs; evaluated_at (ISO 8601)"))
     tags: dict[str, str] | None = Field(None, description="the version's registry tags (training preset, validation macro-F1, ...)")
     params: dict[str, str] | None = Field(None, description="the training run's parameters")
     metrics: dict[str, float] | None = Field(None, description="the training run's metrics")
