@@ -43,7 +43,7 @@ def _png(data_url: str) -> np.ndarray:
 def main(argv: list[str] | None = None) -> int:
     from alzprog.constants import STAGES
     from alzprog.data.phantom import find_phantom_root, read_longitudinal
-    from alzprog.evaluation import classification_metrics as cm
+    from alzprog.metrics import classification as cm
     from alzprog.evaluation.progression import change_fidelity
     from alzprog.paths import data_home
     from alzprog.preprocessing import _banner, load_canonical

@@ -44,7 +44,7 @@ from scipy import ndimage as ndi
 from alzprog.artifacts import load_artifact
 from alzprog.constants import TRANSITIONS
 from alzprog.data.split import load_split
-from alzprog.evaluation.progression import _subsample, evaluate_progression
+from alzprog.evaluation.progression import evaluate_progression, subsample
 from alzprog.models.progression_generator import build_discriminator, build_generator, generator_config, init_dcgan_weights
 from alzprog.training.config import load_config
 from alzprog.training.progression import find_pairs, gan_step, generate, split_pair_cache
@@ -69,7 +69,7 @@ def scale_split(source: np.ndarray, pred: np.ndarray, target: np.ndarray, mask: 
 def held_out_pairs(split: Path, slug: str, max_pairs: int) -> tuple[np.ndarray, ...]:
     """The same test pairs as ``evaluate_progression`` (source, source mask, target, target mask)."""
     test = load_split(split, sides=("test",))["test"]
-    pairs = _subsample(find_pairs(test, slug, None), max_pairs)
+    pairs = subsample(find_pairs(test, slug, None), max_pairs)
     cache = split_pair_cache({"test": test}, None, progress=False)
     si, ti = cache.index_of(list(pairs["source_path"])), cache.index_of(list(pairs["target_path"]))
     return (np.asarray(cache.images[si]), np.asarray(cache.masks[si]), np.asarray(cache.images[ti]), np.asarray(cache.masks[ti]))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from alzprog.artifacts import load_artifact
-from alzprog.evaluation.image_metrics import pixel_metrics
+from alzprog.metrics.image import pixel_metrics
 from alzprog.precision import compare_outputs, cpu_bf16_native, generator_runner, probe_slices
 from alzprog.preprocessing import load_canonical
 

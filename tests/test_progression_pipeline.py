@@ -147,7 +147,7 @@ def test_chain_end_to_end_on_a_real_oasis_slice(trained: dict, oasis_sample_file
 def test_evaluate_progression_report(trained: dict, tiny_split: Path, tmp_path: Path, tiny_classifier: str) -> None:
     from alzprog.data.split import load_split
     from alzprog.evaluation.image_metrics import pixel_metrics, summarize
-    from alzprog.evaluation.progression import _subsample
+    from alzprog.evaluation.progression import subsample
     from alzprog.preprocessing import load_canonical
     from alzprog.training.progression import find_pairs
 
@@ -179,7 +179,7 @@ def test_evaluate_progression_report(trained: dict, tiny_split: Path, tmp_path: 
     assert report["chain"]["ventricle_monotonic_share_all"]["truth"] >= 0.5
     # Identity baseline recomputed independently from the test pairs.
     test = load_split(tiny_split, sides=("test",))["test"]
-    pairs = _subsample(find_pairs(test, "md-mod"), 6)
+    pairs = subsample(find_pairs(test, "md-mod"), 6)
     src = [load_canonical(p) for p in pairs["source_path"]]
     tgt = [load_canonical(p) for p in pairs["target_path"]]
     expected = summarize(pixel_metrics(np.stack([s.image for s in src]), np.stack([t.image for t in tgt]),

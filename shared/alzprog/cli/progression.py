@@ -147,7 +147,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _ablation(args: argparse.Namespace) -> int:
     _quiet_openmp()
-    from alzprog.evaluation.progression import roi_ablation
+    from alzprog.ablation import roi_ablation
     from alzprog.training.config import load_config
 
     over = _overrides(args)

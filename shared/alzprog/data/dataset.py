@@ -59,9 +59,10 @@ def _preprocessing_fingerprint() -> str:
     """Hash of the decode + preprocessing sources: a change to the one preprocessing path
     (or to how files are decoded) invalidates every cache built with the old one."""
     from alzprog import decode
+    from alzprog.preprocessing import canonical, tensors
 
     h = hashlib.sha256()
-    for module in (decode, _preprocessing()):
+    for module in (decode, canonical, tensors):
         h.update(Path(module.__file__).read_bytes())
     return h.hexdigest()
 

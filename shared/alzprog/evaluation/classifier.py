@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from alzprog.constants import STAGES
-from alzprog.evaluation import classification_metrics as cm
+from alzprog.metrics import classification as cm
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,8 @@ def evaluate_classifier(
     from alzprog.data.dataset import CanonicalCache, StageSliceDataset
     from alzprog.data.split import load_split, split_hash
     from alzprog.preprocessing import CANONICAL_SIZE
-    from alzprog.training.classifier import predict_logits, shuffle_subject_labels, _confusion_png
+    from alzprog.metrics.plots import confusion_matrix_png
+    from alzprog.training.classifier import predict_logits, shuffle_subject_labels
     from alzprog.training.common import select_device
 
     split_dir, out = Path(split_dir), Path(out_dir)
@@ -234,9 +235,9 @@ def evaluate_classifier(
                 "what": "the same regression on the phantom's true areas (ventricle, hippocampus, cortex / brain; brain area)",
             }
 
-    sub_png = _confusion_png(subj_rep["confusion_matrix"], out / "confusion_matrix_subject.png",
+    sub_png = confusion_matrix_png(subj_rep["confusion_matrix"], out / "confusion_matrix_subject.png",
                              f"test subjects (n={len(subject_ids)}), soft voting")
-    sl_png = _confusion_png(slice_rep["confusion_matrix"], out / "confusion_matrix_slice.png",
+    sl_png = confusion_matrix_png(slice_rep["confusion_matrix"], out / "confusion_matrix_slice.png",
                             f"test slices (n={len(y)})")
     rel_png = _reliability_png(probs_raw, probs, y, out / "reliability.png", temperature)
     try:

@@ -14,8 +14,9 @@ of generated images the classifier assigns to the target stage) and anatomy: the
 generated steps (and of whole chains) along which the ventricle / CSF area inside the brain
 grows.
 
-``roi_ablation`` trains the default variant with and without the ROI discriminator at the same
-budget and tabulates the same metrics (the original study's ablation).
+The anatomy and change-fidelity measures are :mod:`alzprog.metrics.change` (training's gain
+calibration uses them too). The ROI ablation, which trains models before scoring them, is
+:mod:`alzprog.ablation`.
 """
 
 from __future__ import annotations
@@ -30,123 +31,28 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from scipy import ndimage as ndi
 
 from alzprog.constants import CHAMPION_ALIAS, DCGAN_ALIAS, PROGRESSION_EXPERIMENT, STAGES, TRANSITIONS, progression_model_name
-from alzprog.evaluation import image_metrics as im
+from alzprog.metrics import image as im
+from alzprog.metrics.change import (  # noqa: F401 - re-exported
+    CSF_ERODE,
+    CSF_FRACTION,
+    CHANGE_SIGMA_256,
+    GROWTH_MIN_PX,
+    change_correlation,
+    change_fidelity,
+    change_sigma,
+    csf_threshold,
+    grows,
+    growth_areas,
+    smoothed_change,
+    ventricle_area,
+)
 
 log = logging.getLogger(__name__)
 
 CONTRACT_KEYS = ("ssim_brain", "mse_brain", "psnr_brain")
 EXTRA_KEYS = ("ssim", "mse", "psnr")
-# Dark CSF: darker than this fraction of the median brain intensity of the chain's input.
-CSF_FRACTION = 0.55
-# Erosion (pixels) of the input's brain mask before counting CSF, so the dark rim outside the
-# cortex (the mask's edge) is not counted as ventricle.
-CSF_ERODE = 6
-
-
-# --------------------------------------------------------------------------- anatomy
-
-
-def csf_threshold(image: np.ndarray, mask: np.ndarray) -> float:
-    """Intensity below which a brain pixel counts as CSF, from the chain's input image."""
-    vals = np.asarray(image)[np.asarray(mask, dtype=bool)]
-    return float(CSF_FRACTION * np.median(vals)) if vals.size else 0.0
-
-
-def ventricle_area(image: np.ndarray, mask: np.ndarray, threshold: float) -> int:
-    """Number of dark (CSF) pixels inside the eroded brain mask."""
-    inner = ndi.binary_erosion(np.asarray(mask, dtype=bool), iterations=CSF_ERODE)
-    return int(((np.asarray(image) < threshold) & inner).sum())
-
-
-def grows(areas: list[int]) -> bool:
-    """Strictly increasing along the sequence (never shrinks, never stalls)."""
-    return all(b > a for a, b in zip(areas, areas[1:]))
-
-
-# --------------------------------------------------------------------------- change fidelity
-
-# The phantom draws independent noise into every stage image, so the raw change y - x is mostly
-# noise; both changes are smoothed by the same Gaussian before they are compared (sigma in
-# pixels of a 256 x 256 frame, scaled with the frame).
-CHANGE_SIGMA_256 = 2.0
-# Per-pair growth ratios are only meaningful where the true growth is clearly above the
-# threshold's pixel jitter; smaller true growths are left out of the median (not of the pooled ratio).
-GROWTH_MIN_PX = 20
-
-
-def change_sigma(size: int) -> float:
-    """Gaussian sigma (pixels) of the change comparison for a ``size`` x ``size`` frame."""
-    return CHANGE_SIGMA_256 * float(size) / 256.0
-
-
-def smoothed_change(source: np.ndarray, image: np.ndarray, sigma: float | None = None) -> np.ndarray:
-    """``image - source`` (float grey levels), smoothed by the change-fidelity Gaussian."""
-    s = np.asarray(source, dtype=np.float64)
-    sig = change_sigma(s.shape[-1]) if sigma is None else sigma
-    return ndi.gaussian_filter(np.asarray(image, dtype=np.float64) - s, sig)
-
-
-def change_correlation(source: np.ndarray, generated: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
-    """Pearson correlation inside ``mask`` of the smoothed generated and true changes of one image.
-
-    A generated change that is constant inside the brain (the identity's zero change) has no
-    correlation defined; it is scored 0: it explains none of the true change. A constant true
-    change (nothing to reproduce) gives NaN.
-    """
-    m = np.asarray(mask, dtype=bool)
-    if m.sum() < 2:
-        return float("nan")
-    g = smoothed_change(source, generated)[m]
-    t = smoothed_change(source, target)[m]
-    g, t = g - g.mean(), t - t.mean()
-    ng, nt = float(np.sqrt((g * g).sum())), float(np.sqrt((t * t).sum()))
-    if nt <= 1e-9:
-        return float("nan")
-    if ng <= 1e-9:
-        return 0.0
-    return float((g * t).sum() / (ng * nt))
-
-
-def growth_areas(source: np.ndarray, images: np.ndarray, source_mask: np.ndarray) -> np.ndarray:
-    """CSF/ventricle area of each image, counted with its source's threshold and brain mask."""
-    return np.array([
-        ventricle_area(im_, m, csf_threshold(s, m)) for s, im_, m in zip(source, images, source_mask)
-    ], dtype=np.float64)
-
-
-def change_fidelity(
-    source: np.ndarray, generated: np.ndarray, target: np.ndarray, source_mask: np.ndarray, mask: np.ndarray
-) -> dict[str, Any]:
-    """Change fidelity of a set of generated images against the true future of the same inputs.
-
-    ``change_corr``: mean over pairs of :func:`change_correlation` (median beside it).
-    ``growth_ratio`` (the headline growth figure): generated CSF/ventricle growth over true
-    growth, pooled as a ratio of sums, ``sum(A(G(x)) - A(x)) / sum(A(y) - A(x))``, with
-    :func:`ventricle_area` under the input's threshold and brain mask. ``growth_ratio_median``:
-    the median of per-pair ratios over pairs whose true growth is at least ``GROWTH_MIN_PX``.
-    """
-    corr = np.array([change_correlation(s, g, t, m) for s, g, t, m in zip(source, generated, target, mask)])
-    a_src = growth_areas(source, source, source_mask)
-    a_gen = growth_areas(source, generated, source_mask)
-    a_tgt = growth_areas(source, target, source_mask)
-    gen_growth, true_growth = a_gen - a_src, a_tgt - a_src
-    total_true = float(true_growth.sum())
-    big = true_growth >= GROWTH_MIN_PX
-    finite = corr[np.isfinite(corr)]
-    return {
-        "change_corr": float(finite.mean()) if finite.size else float("nan"),
-        "change_corr_median": float(np.median(finite)) if finite.size else float("nan"),
-        "growth_ratio": float(gen_growth.sum() / total_true) if abs(total_true) > 0 else float("nan"),
-        "growth_ratio_median": float(np.median(gen_growth[big] / true_growth[big])) if big.any() else float("nan"),
-        "generated_growth_px": float(gen_growth.mean()),
-        "true_growth_px": float(true_growth.mean()),
-        "n_growth_pairs": int(big.sum()),
-    }
-
-
 # --------------------------------------------------------------------------- models
 
 
@@ -382,7 +288,7 @@ def evaluate_progression(
     test = load_split(Path(split_dir), sides=("test",))["test"]  # leakage guard over the whole split
     pairs = {slug: find_pairs(test, slug, pairs_csv) for slug, _, _ in TRANSITIONS}
     if max_pairs:
-        pairs = {k: _subsample(v, max_pairs) for k, v in pairs.items()}
+        pairs = {k: subsample(v, max_pairs) for k, v in pairs.items()}
     if generators is None:
         model_g, dcgan_g = load_registered(alias, dev), load_registered(baseline_alias, dev)
     else:
@@ -428,7 +334,7 @@ def evaluate_progression(
             _save_examples(out / f"examples_{slug}.png", s_img, outputs, t_img)
 
     report["chain"] = _evaluate_chain(pairs, load, model_g, dcgan_g, classifier, classifier_reason, dev, out, chain_canonical)
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=_json))
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=to_json))
     (out / "report.md").write_text(report_markdown(report))
     if log_mlflow:
         _log_report(report, out)
@@ -495,7 +401,7 @@ def _evaluate_chain(pairs, load, model_g, dcgan_g, classifier, classifier_reason
     return res
 
 
-def _subsample(frame: pd.DataFrame, n: int) -> pd.DataFrame:
+def subsample(frame: pd.DataFrame, n: int) -> pd.DataFrame:
     if len(frame) <= n:
         return frame
     idx = np.unique(np.linspace(0, len(frame) - 1, n).round().astype(int))
@@ -506,7 +412,7 @@ def _short(d: dict[str, Any]) -> str:
     return " ".join(f"{k}={d[k]:.4f}" if isinstance(d.get(k), float) else f"{k}={d.get(k)}" for k in CONTRACT_KEYS)
 
 
-def _json(obj: Any) -> Any:
+def to_json(obj: Any) -> Any:
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (np.floating,)):
@@ -612,117 +518,3 @@ def _log_report(report: dict[str, Any], out: Path) -> None:
                     mlflow.log_artifact(str(out / name))
     except Exception as exc:  # noqa: BLE001 - the report on disk is the result; MLflow is a copy
         log.warning("could not log the evaluation to MLflow: %s", exc)
-
-
-# --------------------------------------------------------------------------- ROI ablation
-
-
-def roi_ablation(
-    split_dir: Path | str,
-    out_dir: Path | str,
-    cfg: dict[str, Any],
-    *,
-    transition: str = "nd-vmd",
-    pairs_csv: Path | str | None = None,
-    classifier_uri: str | None = None,
-    max_pairs: int | None = None,
-) -> dict[str, Any]:
-    """Train the default variant without and with the ROI discriminator at the same budget,
-    evaluate both on the test pairs of ``transition`` and write ``roi_ablation.{json,md}``.
-
-    Neither run is registered (the champion is untouched); both are MLflow runs, and a summary
-    run ``roi-ablation-<transition>`` carries the table.
-    """
-    import mlflow
-
-    from alzprog import registry
-    from alzprog.artifacts import load_artifact
-    from alzprog.data.split import load_split
-    from alzprog.training.common import select_device
-    from alzprog.training.progression import find_pairs, generate, split_pair_cache, train_transition, transition_stages
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = select_device(cfg.get("device", "auto"))
-    src, tgt = transition_stages(transition)
-    rows: dict[str, dict[str, Any]] = {}
-    test = load_split(Path(split_dir), sides=("test",))["test"]
-    p = find_pairs(test, transition, pairs_csv)
-    if max_pairs:
-        p = _subsample(p, max_pairs)
-    if len(p) == 0:
-        raise RuntimeError(f"no test pairs for {transition}")
-    cache = split_pair_cache({"test": test}, pairs_csv)
-    train_frames = load_split(Path(split_dir), sides=("train", "val"))
-    train_cache = split_pair_cache(train_frames, pairs_csv)
-    si, ti = cache.index_of(list(p["source_path"])), cache.index_of(list(p["target_path"]))
-    s_img, s_mask = np.asarray(cache.images[si]), np.asarray(cache.masks[si])
-    t_img, t_mask = np.asarray(cache.images[ti]), np.asarray(cache.masks[ti])
-    classifier, reason = load_classifier_or_reason(classifier_uri, dev)
-    for roi in (False, True):
-        label = "with ROI" if roi else "without ROI"
-        res = train_transition(split_dir, transition, dict(cfg, variant="default", roi=roi), pairs_csv=pairs_csv,
-                               out_dir=out / ("roi" if roi else "no_roi"), register=False, frames=train_frames, cache=train_cache)
-        model = load_artifact(res.artifact_dir, device=dev).model
-        pred = generate(model, s_img, s_mask, dev)
-        m = im.summarize(im.pixel_metrics(pred, t_img, s_mask | t_mask))
-        nets = optional_networks(pred, t_img)
-        fid = change_fidelity(s_img, pred, t_img, s_mask, s_mask | t_mask)
-        rows[label] = {
-            **{k: m[k] for k in ("mse", "psnr", "ssim", "mse_brain", "psnr_brain", "ssim_brain")},
-            **{k: fid[k] for k in CHANGE_KEYS},
-            "lpips": nets["lpips"], "inception_fid": nets["inception_fid"],
-            "domain_fid": domain_fid(classifier, reason, t_img, pred),
-            "non_standard": lite_distances(pred, t_img),
-            "run_id": res.run_id, "train_seconds": res.seconds,
-        }
-    with_, without = rows["with ROI"], rows["without ROI"]
-    better = {k: (with_[k] < without[k]) if k.startswith("mse") else (with_[k] > without[k]) for k in ("mse_brain", "psnr_brain", "ssim_brain", "mse", "psnr", "ssim")}
-    n_better = sum(better.values())
-    d_ssim = with_["ssim_brain"] - without["ssim_brain"]
-    d_mse = with_["mse_brain"] - without["mse_brain"]
-    # Below these the two runs differ by less than run-to-run noise of the quick preset.
-    negligible = abs(d_ssim) < 1e-3 and abs(d_mse) < 0.05 * without["mse_brain"]
-    statement = (
-        f"With the ROI discriminator the {transition} generator scored better on {n_better} of 6 pixel metrics "
-        f"(in-brain SSIM {with_['ssim_brain']:.4f} vs {without['ssim_brain']:.4f}, in-brain MSE {with_['mse_brain']:.5f} vs "
-        f"{without['mse_brain']:.5f}) at the same budget, on {len(p)} held-out pairs; "
-        + ("the difference is negligible (in-brain SSIM within 0.001, MSE within 5 %): no measurable effect of the ROI at this budget."
-           if negligible else "the ROI helped." if n_better >= 4 else "the ROI did not help here." if n_better <= 2 else "the result is mixed.")
-    )
-    result = {"transition": transition, "n_pairs": int(len(p)), "budget": {k: cfg.get(k) for k in ("epochs", "samples_per_epoch", "batch_size", "crop_size", "max_steps")},
-              "rows": rows, "roi_better": better, "statement": statement}
-    ident_m = im.summarize(im.pixel_metrics(s_img, t_img, s_mask | t_mask))
-    ident_fid = change_fidelity(s_img, s_img, t_img, s_mask, s_mask | t_mask)
-    result["identity"] = {**{k: ident_m[k] for k in ("mse", "psnr", "ssim", "mse_brain", "psnr_brain", "ssim_brain")},
-                          **{k: ident_fid[k] for k in CHANGE_KEYS}}
-    (out / "roi_ablation.json").write_text(json.dumps(result, indent=2, default=_json))
-    md = ["| | MSE | PSNR | SSIM | MSE brain | PSNR brain | SSIM brain | change corr | growth ratio | growth ratio (median) "
-          "| LPIPS | FID (Inception) | domain FID | Lite FD (non-standard) | Lite perceptual (non-standard) |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-
-    def opt(d: dict[str, Any] | None) -> str:
-        return "n/a" if not d or d.get("value") is None else f"{d['value']:.3f}"
-
-    for label, r in [*rows.items(), ("identity", result["identity"])]:
-        md.append(f"| {label} | {r['mse']:.5f} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['mse_brain']:.5f} | {r['psnr_brain']:.2f} | "
-                  f"{r['ssim_brain']:.4f} | {r['change_corr']:.3f} | {r['growth_ratio']:.3f} | {r['growth_ratio_median']:.3f} | "
-                  f"{opt(r.get('lpips'))} | {opt(r.get('inception_fid'))} | {opt(r.get('domain_fid'))} | "
-                  f"{opt({'value': (r.get('non_standard') or {}).get('lite_frechet')})} | "
-                  f"{opt({'value': (r.get('non_standard') or {}).get('lite_perceptual')})} |")
-    md.append("")
-    md.append(statement)
-    for name in ("lpips", "inception_fid"):
-        why = with_[name].get("unavailable")
-        if why:
-            md.append(f"\n{name}: unavailable ({why})")
-    (out / "roi_ablation.md").write_text("\n".join(md) + "\n")
-    registry.tracking_uri()
-    mlflow.set_experiment(experiment_id=registry.ensure_experiment(PROGRESSION_EXPERIMENT))
-    with mlflow.start_run(run_name=f"roi-ablation-{transition}"):
-        mlflow.set_tags({"kind": "roi_ablation", "transition": transition})
-        mlflow.log_metrics({f"{'roi' if 'with' in k else 'no_roi'}.{m}": v[m] for k, v in rows.items()
-                            for m in ("mse", "psnr", "ssim", "mse_brain", "psnr_brain", "ssim_brain", *CHANGE_KEYS) if np.isfinite(v[m])})
-        mlflow.log_artifact(str(out / "roi_ablation.json"))
-        mlflow.log_artifact(str(out / "roi_ablation.md"))
-    return result

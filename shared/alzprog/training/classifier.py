@@ -31,7 +31,8 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subs
 from tqdm.auto import tqdm
 
 from alzprog.constants import CHAMPION_ALIAS, CLASSIFIER_EXPERIMENT, CLASSIFIER_MODEL_NAME, STAGES
-from alzprog.evaluation import classification_metrics as cm
+from alzprog.metrics import classification as cm
+from alzprog.metrics.plots import confusion_matrix_png
 from alzprog.training.common import (
     DistContext,
     autocast_context,
@@ -194,31 +195,6 @@ def evaluate_logits(logits: np.ndarray, labels: np.ndarray, subjects: np.ndarray
     }
 
 
-def _confusion_png(cmat: list[list[int]], path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    arr = np.asarray(cmat)
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
-    ax.imshow(arr, cmap="Blues")
-    ax.set_xticks(range(len(STAGES)), [s.replace(" ", "\n") for s in STAGES], fontsize=8)
-    ax.set_yticks(range(len(STAGES)), STAGES, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(arr.shape[0]):
-        for j in range(arr.shape[1]):
-            ax.text(j, i, str(arr[i, j]), ha="center", va="center",
-                    color="white" if arr[i, j] > arr.max() / 2 else "black", fontsize=9)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def train_classifier(
     cfg: dict[str, Any],
     split_dir: Path | str,
@@ -283,7 +259,7 @@ def train_classifier(
     if not main:
         cache = CanonicalCache.build(paths, size=CANONICAL_SIZE, progress=False)
     # uint8 pixels through the loader (12x fewer bytes than floats); augment_batch finishes the
-    # batch on the device. Measured: the float path fell to 0.33x of the in-memory step rate.
+    # batch on the device (the float path starves the step: docs/performance.md).
     train_ds = StageSliceDataset(train_df, cache, size, True, mean, std, augment_in_dataset=False, pixels=True)
     val_ds = StageSliceDataset(val_df, cache, size, False, mean, std)
     val_labels = val_ds.labels
@@ -650,7 +626,7 @@ def _finish_main(cfg, split_dir, model, best, history, train_df, val_df, val_ds,
                          title=f"stage classifier ({cfg.get('preset')}){' - SHUFFLED LABELS' if shuffle_labels else ''}")
     vprobs = cm.softmax(vlogits, temperature)
     vsum = cm.classification_summary(val_labels, vprobs.argmax(1))
-    cmat_png = _confusion_png(vsum["confusion_matrix"], out_dir / "val_confusion_matrix.png", "validation slices (best epoch)")
+    cmat_png = confusion_matrix_png(vsum["confusion_matrix"], out_dir / "val_confusion_matrix.png", "validation slices (best epoch)")
     wall = time.time() - t_start
     summary = {
         "run_id": run_id,

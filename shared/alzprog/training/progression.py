@@ -276,7 +276,7 @@ def generate(model: nn.Module, images: np.ndarray, masks: np.ndarray, device: to
 
 def brain_metrics(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """Mean whole-frame and in-brain MSE / PSNR / SSIM of uint8 predictions against the truth."""
-    from alzprog.evaluation.image_metrics import pixel_metrics, summarize
+    from alzprog.metrics.image import pixel_metrics, summarize
 
     return summarize(pixel_metrics(pred, target, mask))
 
@@ -710,7 +710,7 @@ def calibrate_gain(gen: nn.Module, val: PairData, device: torch.device, grid: Se
     Like temperature scaling for the classifier: fitted on validation pairs only, it changes how
     much the generator moves the brain, not where (the change correlation is scale-free).
     """
-    from alzprog.evaluation.progression import change_fidelity
+    from alzprog.metrics.change import change_fidelity
 
     mask = val.source_mask | val.target_mask
     identity_mse = brain_metrics(val.source, val.target, mask)["mse_brain"]
@@ -744,7 +744,7 @@ def _validate(gen: nn.Module, val: PairData, device: torch.device, out: Path, ep
     Image.fromarray(sample_grid(val.source[:rows], pred[:rows], val.target[:rows])).save(out / "samples" / f"epoch_{epoch:03d}.png")
     res = {f"val_{k}": v for k, v in m.items() if k in ("ssim_brain", "mse_brain", "psnr_brain", "ssim", "mse")}
     res.update({f"val_identity_{k}": v for k, v in ident.items() if k in ("ssim_brain", "mse_brain")})
-    from alzprog.evaluation.progression import change_fidelity
+    from alzprog.metrics.change import change_fidelity
 
     fid = change_fidelity(val.source, pred, val.target, val.source_mask, mask)
     res["val_change_corr"] = fid["change_corr"]

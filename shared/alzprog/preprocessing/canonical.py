@@ -1,9 +1,10 @@
-"""The one preprocessing path, shared by training, evaluation and every service.
+"""The canonical slice, without torch: brain mask, canonicalisation, hashes, display helpers.
 
 A slice goes ``decode`` -> :func:`canonicalize` (crop to the head, pad to a square, resize to
-:data:`CANONICAL_SIZE`, brain mask) -> :func:`classifier_input` or :func:`generator_input`.
+:data:`CANONICAL_SIZE`, brain mask) -> the model inputs of :mod:`alzprog.preprocessing.tensors`.
 Anything a model sees, in training or in serving, passes through these functions, so a
-change here changes both sides at once.
+change here changes both sides at once. NumPy, SciPy and Pillow only: the gateway
+canonicalises with this module and never loads torch.
 
 The brain mask is computed from the image alone (no atlas, no registration): the head is
 found by an Otsu threshold; the skull/scalp band at the head border is cut off; tissue of
@@ -11,10 +12,10 @@ brain intensity is split by the dark skull gap and CSF from the bright scalp fat
 is the tissue component nearest the head centre grown by its close neighbours (temporal
 lobes, brainstem), smoothed and hole-filled. It is tuned on the real OASIS-1 slices in
 ``shared/oasis-samples`` (docs/img/brain_mask_real.png) and checked against the phantom's
-true intracranial masks (docs/img/brain_mask_phantom.png: Dice median 0.96, min 0.91 on
-slices above the orbits; in the phantom's lowest slices its face touches the temporal lobes
-with no bone between, and the mask runs into the face: Dice median 0.78 there). It works on the head's box resampled to a fixed resolution, so its cost
-(~10 ms CPU for a 496x248 slice) does not depend on the upload size.
+true intracranial masks (docs/img/brain_mask_phantom.png; the agreement figures, and where
+the mask runs into the face in the phantom's lowest slices, are in docs/ARCHITECTURE.md).
+It works on the head's box resampled to a fixed resolution, so its cost does not depend on
+the upload size.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
 
@@ -388,48 +388,6 @@ def load_canonical(path_or_bytes: str | Path | bytes, size: int = CANONICAL_SIZE
 
 # ---------------------------------------------------------------------------------------
 # Model inputs and outputs
-
-
-def classifier_input(
-    image: np.ndarray,
-    size: int,
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
-) -> torch.Tensor:
-    """uint8 HxW -> float32 (3, size, size): grayscale replicated, normalised per channel."""
-    g8 = _to_uint8_gray(image)
-    g8 = _resize(g8, (size, size), Image.BILINEAR)
-    x = torch.from_numpy(g8.astype(np.float32) / 255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return (x.unsqueeze(0).expand(3, -1, -1) - m) / s
-
-
-def generator_input(image: np.ndarray, size: int | None = None) -> torch.Tensor:
-    """uint8 HxW -> float32 (1, H, W) in [-1, 1] (resized to ``size`` x ``size`` if given)."""
-    g8 = _to_uint8_gray(image)
-    if size is not None:
-        g8 = _resize(g8, (size, size), Image.BILINEAR)
-    return torch.from_numpy(g8.astype(np.float32) / 127.5 - 1.0).unsqueeze(0)
-
-
-def generator_output_to_uint8(t: torch.Tensor) -> np.ndarray:
-    """Generator output in [-1, 1], shaped (H, W), (1, H, W) or (1, 1, H, W) -> uint8 HxW."""
-    x = t.detach().to("cpu", torch.float32)
-    while x.ndim > 2 and x.shape[0] == 1:
-        x = x[0]
-    if x.ndim != 2:
-        raise ValueError(f"expected one single-channel image, got shape {tuple(t.shape)}")
-    x = torch.nan_to_num(x, nan=0.0).clamp(-1.0, 1.0)
-    return ((x + 1.0) * 127.5).round().to(torch.uint8).numpy()
-
-
-def mask_tensor(mask: np.ndarray, size: int | None = None) -> torch.Tensor:
-    """Boolean HxW mask -> float32 (1, H, W) of 0/1 (nearest-neighbour resize if ``size``)."""
-    m = np.asarray(mask).astype(bool)
-    if size is not None and m.shape != (size, size):
-        m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) >= 128
-    return torch.from_numpy(m.astype(np.float32)).unsqueeze(0)
 
 
 def mark_synthetic(image: np.ndarray) -> np.ndarray:
