@@ -1,4 +1,4 @@
-"""One short GPU check (issues #3, #4, #7): run once on a lent CUDA machine, prints JSON.
+"""One short GPU check (training throughput, DDP, the loader): run once on a lent CUDA machine, prints JSON.
 
 Runs on a bare accelerator node without MLflow (``PYTHONPATH=shared``):
   1. EfficientNet-B4 @256 (`full` preset architecture): AMP training images/s (model only)

@@ -1,6 +1,6 @@
 """Results on disk: ``<date>-<host>.csv``, ``<date>-<host>.md`` and ``latest.json``.
 
-``latest.json`` follows the contract of issue 7::
+``latest.json`` follows the benchmark contract (docs/performance.md)::
 
     {"machine": str, "date": str, "targets": {name: {"value": float, "target": float, "met": bool}}}
 
@@ -25,7 +25,7 @@ from benchmarks.harness import Measurement
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """A ratio target of issue 7: ``value <= target`` (``at_most``) or ``value >= target``."""
+    """A ratio target of the benchmark contract: ``value <= target`` (``at_most``) or ``value >= target``."""
 
     name: str
     target: float
@@ -176,7 +176,7 @@ def write_results(
         f"- machine: {machine}",
         f"- date (UTC): {date}",
         "",
-        "## Targets (issue 7)",
+        "## Targets",
         "",
         targets_table(targets),
         "",

@@ -1,4 +1,4 @@
-"""``alzprog bench``: run the comparisons of issue 7 in one process tree and write the results.
+"""``make bench``: run the benchmark comparisons in one process tree and write the results.
 
 Order matters on a small machine: the in-process comparisons (forward, training) run first,
 before any service exists; then one benchmark-only MLflow server is started, untrained

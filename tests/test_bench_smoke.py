@@ -2,7 +2,7 @@
 
 No thresholds on speed (the machine is shared and noisy): these tests check that timings are
 taken, ratios against baselines are computed, and the CSV, the markdown report and
-``latest.json`` (the contract of issue 7) are written. The full run is ``make bench``.
+``latest.json`` (the benchmark contract) are written. The full run is ``make bench``.
 """
 
 from __future__ import annotations
@@ -141,5 +141,5 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
     assert ("service", "mlflow models serve") in variants
     assert ("service", "alzprog service") in variants
     assert ("forward", "onnxruntime") in variants
-    assert "## Targets (issue 7)" in md_files[0].read_text()
+    assert "## Targets" in md_files[0].read_text()
     assert "| `service_vs_mlflow_throughput_c16` |" in proc.stdout  # the table is printed

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import time
 from pathlib import Path
 
 import numpy as np
@@ -216,17 +215,6 @@ def test_canonicalize_blank_and_odd_inputs():
     np.testing.assert_array_equal(canonicalize(rgb).image, canonicalize(fx.head_phantom()).image)
     with pytest.raises(ValueError):
         canonicalize(np.zeros((4, 4, 4, 4)))
-
-
-def test_canonicalize_speed(real_slices):
-    canonicalize(real_slices[0])
-    cpu = []
-    for gray in real_slices:
-        t = time.process_time()
-        canonicalize(gray)
-        cpu.append(time.process_time() - t)
-    # measured ~9 ms CPU per 496x248 slice; generous bound for loaded CI machines
-    assert np.median(cpu) < 0.05, cpu
 
 
 def test_load_canonical_path_and_bytes_agree(oasis_sample_files):

@@ -1,4 +1,4 @@
-"""Failing and overloaded backends, caused for real (issue #6).
+"""Failing and overloaded backends, caused for real.
 
 One classifier process (a tiny real artifact from its model cache, MLflow unreachable) sits
 behind :class:`faults.FaultProxy`, which delays, black-holes or drops its connections. The

@@ -1,4 +1,4 @@
-"""The registry fails for real (issue #6), under a running classifier process.
+"""The registry fails for real, under a running classifier process.
 
 The classifier reaches the suite's real MLflow server (the ``mlflow_server`` session fixture)
 through :class:`faults.FaultProxy`. "MLflow down" is the proxy in ``refuse`` mode: open

@@ -1,4 +1,4 @@
-"""Privacy across the whole running stack (issue #6): nothing identifying leaves the upload.
+"""Privacy across the whole running stack: nothing identifying leaves the upload.
 
 tests/test_service_gateway.py already checks an in-process gateway and the two model
 services. This test drives the real four-process stack (the session ``stack`` fixture: MLflow,

@@ -1,4 +1,4 @@
-"""Hostile request bodies against a real gateway process (issue #6): multipart abuse, chunked
+"""Hostile request bodies against a real gateway process: multipart abuse, chunked
 bodies over the limit, malformed framing, header floods, and the parser versions in use.
 
 tests/test_service_gateway.py covers a CR/LF flood, a huge part header, 2000 fields and a

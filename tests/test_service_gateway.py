@@ -655,7 +655,7 @@ def test_openapi_fuzzing_finds_no_server_error_and_no_schema_violation(gateway_p
     """Schemathesis against the live gateway's own OpenAPI schema, every operation.
 
     Random bytes are schema-valid "binary" files but not images, so their 4xx is correct; the
-    checks are the ones issue #6 asks for: no 5xx, and every status code, content type and
+    checks are the ones the reliability contract asks for: no 5xx, and every status code, content type and
     body as documented.
     """
     from hypothesis import given

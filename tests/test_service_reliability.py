@@ -1,4 +1,4 @@
-"""Overload and shutdown behaviour of the model services (issue #6), with real processes."""
+"""Overload and shutdown behaviour of the model services, with real processes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The whole stack as processes, over HTTP: issue #5's "Done when", plus the failure drills of #6.
+"""The whole stack as processes, over HTTP: the serving contract, plus the failure drills.
 
 A real MLflow server (session fixture), the real Redis (DB 11, a unique prefix), quick models
 trained on the tiny phantom split and registered + promoted by ``alzprog bootstrap`` (the

@@ -6,7 +6,7 @@ service's ``loader`` (ONNX Runtime session, warm-up) and only then replaces one 
 A request reads ``slot.current`` once and keeps using that object, so a swap never drops or
 mixes requests.
 
-Failure policy (issue #6):
+Failure policy:
 - MLflow down at start: serve the version last resolved for this alias on the same registry
   URI, if its digests still verify (``alzprog.registry.cached_versions``); without it the slot
   stays empty (service not ready) and the watcher keeps retrying.

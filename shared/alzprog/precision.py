@@ -25,11 +25,9 @@ import torch
 from scipy import ndimage as ndi
 
 # Bounds on |bf16 - fp32| of the uint8 output over the probes' brain pixels, in grey levels.
-# Measured with scripts/measure_bf16_fidelity.py on the 20 real OASIS slices (docs/performance.md):
-# lite generators that change a slice by 0.1 to 21 levels on average moved 0.3-4 % of brain
-# pixels by exactly one level under bf16 (mean 0.003-0.04, max 1), and the probes gave the same
-# figures. The bounds sit ten times above that and refuse a model whose output bf16 visibly
-# changes (a high-gain head: tests/test_precision.py).
+# They sit well above what bf16 does to the served generators (a few pixels off by one level;
+# measured with scripts/measure_bf16_fidelity.py, figures in docs/performance.md) and refuse a
+# model whose output bf16 visibly changes (a high-gain head: tests/test_precision.py).
 BF16_TOLERANCE = {"mean_abs": 0.5, "p999_abs": 4.0}
 
 

@@ -376,7 +376,7 @@ def _sample_anatomy(tpl: Template, p: SubjectParams, slice_index: int, def_field
     cols = np.flatnonzero(icv.any(axis=0))
     if rows.size == 0:
         raise RuntimeError(f"slice {slice_index} of {p.subject} misses the head")
-    # Work only on the head's bounding box (plus a margin for the warps); saves ~40 % time.
+    # Work only on the head's bounding box (plus a margin for the warps): the background is most of the frame.
     crop = (slice(max(rows[0] - 4, 0), min(rows[-1] + 5, h)), slice(max(cols[0] - 4, 0), min(cols[-1] + 5, w)))
     coords_c = coords[:, crop[0], crop[1]]
 
