@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
+from alzprog.inference.runtime import available_cpus, choose_providers, session_threads, thread_policy
 from alzprog.preprocessing import CANONICAL_SIZE
 
 from services.classifier.batching import MicroBatcher
@@ -24,12 +25,10 @@ from services.classifier.model_holder import ClassifierRuntime, make_loader
 from services.classifier.settings import Settings, get_settings
 from services.common import metrics
 from services.common.admission import AdmissionLimiter
-from services.common.app import Lifecycle, build_app, model_readiness, serve
-from services.common.cpu import available_cpus
+from services.common.app import Lifecycle, add_model_health_routes, build_app, serve
 from services.common.errors import ERROR_RESPONSES, ServiceError, unavailable
 from services.common.logs import configure_logging
 from services.common.model_slot import ModelSlot, SlotWatcher
-from services.common.ort import choose_providers, thread_policy
 from services.common.timing import ServerTiming
 from services.common.wire import OVERLAP_HEADER, SHAPE_HEADER, decode_canonical
 
@@ -102,17 +101,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def svc(request: Request) -> ClassifierState:
         return request.app.state.svc
 
-    @app.get("/livez")
-    def livez() -> dict[str, str]:
-        """The process is alive (even without a model)."""
-        return {"status": "alive"}
-
-    @app.get("/readyz", responses={503: ERROR_RESPONSES[503]})
-    def readyz(request: Request) -> JSONResponse:
-        """Ready once a model is loaded and warmed up; 503 while loading or draining."""
+    def models(request: Request) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
         s = svc(request)
         info = s.slot.info()
-        return model_readiness({"model": info}, [info], s.settings.retry_seconds)
+        return {"model": info}, [info], s.settings.retry_seconds
+
+    add_model_health_routes(app, models, "a model is loaded and warmed up")
 
     @app.get("/v1/info")
     def info(request: Request) -> dict[str, Any]:
@@ -127,7 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "providers": cur.model.providers if cur else s.providers,
             "batching": {"max_size": s.settings.batch_max_size, "max_wait_ms": s.settings.batch_max_wait_ms,
                          "batches": s.batcher.batches if s.batcher else 0, "items": s.batcher.items if s.batcher else 0},
-            "threads": cur.model.session.stats() if cur and hasattr(cur.model.session, "stats") else s.threads.describe(),
+            "threads": session_threads(cur.model.session if cur else None, s.threads),
             "in_flight": s.limiter.in_flight,
             "waiting": s.limiter.waiting,
         }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from services.common import metrics
-from services.common.errors import install_error_handlers
+from services.common.errors import ERROR_RESPONSES, install_error_handlers
 from services.common.limits import BodyLimitMiddleware
 from services.common.logs import RequestContextMiddleware
 
@@ -89,6 +89,26 @@ def install_offline_docs(app: FastAPI) -> None:
             swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon-32x32.png",
             swagger_ui_parameters={"validatorUrl": None},
         )
+
+
+def add_model_health_routes(app: FastAPI, models: Callable[[Request], tuple[dict[str, Any], list[dict[str, Any]], float]],
+                            ready_when: str) -> None:
+    """``/livez`` and ``/readyz`` of a model service.
+
+    ``models(request)`` gives what ``/readyz`` reports about the models, the slot infos that
+    must all be ready and the retry hint (see :func:`model_readiness`); ``ready_when`` completes
+    the route's description ("Ready once ...").
+    """
+
+    @app.get("/livez")
+    def livez() -> dict[str, str]:
+        """The process is alive (even without models)."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", responses={503: ERROR_RESPONSES[503]},
+             description=f"Ready once {ready_when}; 503 while loading or draining.")
+    def readyz(request: Request) -> JSONResponse:
+        return model_readiness(*models(request))
 
 
 def model_readiness(body: dict[str, Any], infos: list[dict[str, Any]], retry_s: float) -> JSONResponse:

@@ -24,7 +24,7 @@ from alzprog.preprocessing import CANONICAL_SIZE
 
 from services.common import metrics
 from services.common.admission import AdmissionLimiter
-from services.common.app import Lifecycle, build_app, model_readiness, serve
+from services.common.app import Lifecycle, add_model_health_routes, build_app, serve
 from services.common.errors import ERROR_RESPONSES, ServiceError, unavailable
 from services.common.logs import configure_logging
 from services.common.model_slot import ModelSlot, SlotWatcher
@@ -109,17 +109,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def svc(request: Request) -> GeneratorState:
         return request.app.state.svc
 
-    @app.get("/livez")
-    def livez() -> dict[str, str]:
-        """The process is alive (even without models)."""
-        return {"status": "alive"}
-
-    @app.get("/readyz", responses={503: ERROR_RESPONSES[503]})
-    def readyz(request: Request) -> JSONResponse:
-        """Ready once all three transition models are loaded; 503 while loading or draining."""
+    def models(request: Request) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
         s = svc(request)
         infos = s.infos()
-        return model_readiness({"models": infos}, infos, s.settings.retry_seconds)
+        return {"models": infos}, infos, s.settings.retry_seconds
+
+    add_model_health_routes(app, models, "all three transition models are loaded")
 
     @app.get("/v1/info")
     def info(request: Request) -> dict[str, Any]:

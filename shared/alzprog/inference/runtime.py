@@ -335,6 +335,12 @@ def prepare_session(session: Any, feeds: dict[str, Any]) -> dict[str, float | No
     return None
 
 
+def session_threads(session: Any, policy: ThreadPolicy) -> Any:
+    """What ``/v1/info`` reports about a session's threads: an :class:`AdaptiveSession`'s per-session
+    runs and lone-run latency, else the policy in words."""
+    return session.stats() if isinstance(session, AdaptiveSession) else policy.describe()
+
+
 def prepare_torch_serving(policy: ThreadPolicy) -> TorchThreads | None:
     """Set up this process for serving eager PyTorch forwards, once at start.
 
