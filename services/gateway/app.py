@@ -422,8 +422,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             up.start_mask()
         if start is None and settings.speculate_from_stage >= 0 and in_flight.total == 1:
             # Alone on this gateway: guess the start stage and run the chain while the classifier
-            # works (both models then share the cores, one thread each: about 94 ms instead of
-            # 113 ms for a Non Demented slice, docs/performance.md). Under load a wrong guess would take cores
+            # works (both models then share the cores, one thread each; the gain is measured in
+            # docs/performance.md). Under load a wrong guess would take cores
             # from others, so only an idle gateway guesses.
             guess = settings.speculate_from_stage
             speculative = asyncio.ensure_future(progress(s, up, guess, timing, overlapped=True))
