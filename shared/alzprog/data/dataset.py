@@ -545,7 +545,8 @@ def make_loader(
 
 
 # ---------------------------------------------------------------------------------------------
-# Throughput check (issue #7): the training loop fed by this pipeline vs by in-memory tensors
+# Throughput check: the training loop fed by this pipeline vs by in-memory tensors
+# (run it with ``python -m benchmarks.loader_throughput``)
 
 
 def loader_step_rates(
@@ -566,10 +567,8 @@ def loader_step_rates(
     Synthetic canonical slices stand in for a dataset: the pipeline's cost does not depend on
     the pixel values. Ratios are (b)/(a) and (c)/(a).
 
-    Measured on one H100 (16 CPUs, 8 workers, torch 2.11; ``PYTHONPATH=shared python3 -m
-    alzprog.data.dataset --arch efficientnet_b4 --batch-size 64 --workers 8 --steps 40 --warmup 10``):
-    B4 @256 x64: memory 13.3 steps/s, float 12.2 (0.92), pixels 13.4 (1.01);
-    B0 @256 x128: memory 20.7, float 6.8 (0.33), pixels 21.3 (1.03). Use ``pixels=True``.
+    Use ``pixels=True``: the float path starves the step (measured figures: docs/performance.md,
+    section 5; command: ``python -m benchmarks.loader_throughput``).
     """
     import time
 
