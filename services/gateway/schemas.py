@@ -1,4 +1,4 @@
-"""Response bodies of the public API (the contract of issue #5), as documented in OpenAPI."""
+"""Response bodies of the public API (its contract), as documented in OpenAPI."""
 
 from __future__ import annotations
 
