@@ -14,7 +14,7 @@ is stored. ``<pipeline>`` is a fingerprint of the decode and preprocessing sourc
 that canonicalises differently never reuses an old record. A record that is not valid JSON,
 lacks ``sha256`` or holds a malformed hash or image is a miss, like any corrupt cache value.
 
-The brain mask (about 10 ms of CPU) is computed only when the generator needs it
+The brain mask (CPU work worth avoiding: docs/performance.md) is computed only when the generator needs it
 (:meth:`Upload.mask`); ``/predict`` never needs it (the classifier computes its own for
 Grad-CAM). It is ``alzprog.preprocessing.brain_mask`` of the canonical image, as everywhere.
 

@@ -9,8 +9,8 @@ deterministic brain-like probe slices (:func:`probe_slices`) and compares the ui
 the user would see; :data:`BF16_TOLERANCE` is the bound (grey levels, 0-255). A model outside
 it is served in fp32, and the figures are reported either way.
 
-The classifier is not offered bf16: measured no faster than ONNX Runtime fp32 here (56 ms
-eager bf16 vs 23 ms ORT for EfficientNet-B4), and its probabilities are the product.
+The classifier is not offered bf16: it measured no faster than ONNX Runtime fp32 on the CPUs
+tried (docs/performance.md), and its probabilities are the product.
 """
 
 from __future__ import annotations

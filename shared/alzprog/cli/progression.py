@@ -23,7 +23,7 @@ def _add_training_args(p: argparse.ArgumentParser, *, variant: bool = True) -> N
                        help="default: identity-preserving U-Net + conditional ROI discriminator; dcgan: the published baseline")
     p.add_argument("--arch", choices=("deform", "lite", "unet"), default=None,
                    help="generator of the default variant: deform (smooth displacement + small residual, the presets'), "
-                   "lite (fast residual U-Net) or unet (the first, 17 GMAC design)")
+                   "lite (fast residual U-Net) or unet (the first, heavier design)")
     p.add_argument("--roi", dest="roi", action="store_true", default=None, help="brain-ROI discriminator (preset default: on)")
     p.add_argument("--no-roi", dest="roi", action="store_false", help="discriminator judges the whole frame")
     p.add_argument("--epochs", type=int, default=None)
@@ -107,7 +107,7 @@ def register(groups: dict[str, argparse._SubParsersAction], top: argparse._SubPa
 def _quiet_openmp() -> None:
     """Let idle OpenMP threads sleep instead of spinning (unless the user chose otherwise).
 
-    On a CPU shared with other jobs, spinning torch threads measured ~7x slower steps here.
+    On a CPU shared with other jobs, spinning torch threads slow every step down.
     Only effective before torch is first imported, which the CLI defers to the handlers.
     """
     import os

@@ -22,13 +22,12 @@ Two variants, chosen by ``config["variant"]``:
 
              ``lite`` (the presets' choice) -- a stride-2 stem, one 3x3 convolution per stage,
                and a full-resolution head that sees the upsampled features *and* the input image
-               and mask. Nothing heavy runs at 256 x 256: base width 16, depth 4 is 0.63 GMAC per
-               frame (8.7 ms on two AVX-512 cores, channels_last), a quarter of the dcgan's
-               2.2 GMAC. The disease changes it predicts (ventricles, sulci) are smooth and the
+               and mask. Nothing heavy runs at 256 x 256 (a fraction of the dcgan's work;
+               measured cost: docs/progression.md). The disease changes it predicts (ventricles, sulci) are smooth and the
                fine detail is the input's, carried by the residual, so width is spent where the
                change is decided, at low resolution.
              ``unet`` -- the first design: two 3x3 convolutions per stage, starting at full
-               resolution (base 32, depth 4: 17 GMAC, 121 ms on the same CPU). Kept for
+               resolution (many times the lite design's work). Kept for
                comparison and for artifacts written before ``arch`` existed.
              ``deform`` (the presets' choice) -- not a U-Net: a small encoder at low
                resolution predicts a smooth displacement field (at 1/8 of the frame, upsampled
