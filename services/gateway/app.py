@@ -191,7 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="alzprog gateway",
         description=(
             "Alzheimer's MRI staging and synthetic progression. Upload one MRI slice (PNG, JPEG, DICOM, "
-            "NIfTI) as multipart field `file`, or a whole NIfTI volume to `/volume`. Research demo: synthetic images are not for diagnosis. "
+            "NIfTI) as multipart field `file`, or a whole NIfTI volume or a zip of one DICOM series to `/volume`. Research demo: synthetic images are not for diagnosis. "
             "When API keys are configured, send one in the `X-API-Key` header."
         ),
         max_body_bytes=settings.max_body_bytes,
@@ -493,7 +493,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/volume", tags=["results"], response_model=VolumeResponse, responses=RESULT_ERRORS)
     async def volume(
         request: Request,
-        file: Annotated[UploadFile, File(description="one NIfTI-1 volume (.nii or .nii.gz)")],
+        file: Annotated[UploadFile, File(description="one NIfTI-1 volume (.nii or .nii.gz), or a zip of one DICOM series (single-frame, uncompressed)")],
         explain: Annotated[bool | None, Form(description="Grad-CAM of the representative slice")] = None,
         progression: Annotated[bool | None, Form(description="synthesize the progression from the representative slice (default true)")] = None,
         from_stage: Annotated[str | None, Form(max_length=32, description="start stage of the chain; default: the voted stage")] = None,
