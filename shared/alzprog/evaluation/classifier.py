@@ -269,6 +269,10 @@ def evaluate_classifier(
     run_id = report["model"]["training_run_id"]
     if log_to_mlflow and run_id and not str(run_id).startswith("offline-"):
         _log_to_run(report, out)
+    if log_to_mlflow:
+        from alzprog.model_card import record_classifier_evaluation
+
+        record_classifier_evaluation(report)  # the held-out figures on the version: the model card's
     return report
 
 

@@ -337,7 +337,10 @@ def evaluate_progression(
     (out / "report.json").write_text(json.dumps(report, indent=2, default=to_json))
     (out / "report.md").write_text(report_markdown(report))
     if log_mlflow:
+        from alzprog.model_card import record_progression_evaluation
+
         _log_report(report, out)
+        record_progression_evaluation(report)  # change fidelity on each generator version: the model card's
     return report
 
 
