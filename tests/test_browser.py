@@ -105,12 +105,15 @@ def test_page_uploads_a_real_oasis_slice_and_shows_stage_bars_gradcam_and_strip(
     context, page, watch = _open(browser, live_stack["frontend"] + "/", DESKTOP)
     api_calls = _record_api_calls(page)
     try:
+        # From Non Demented: three synthetic steps, the widest measurements table.
+        page.select_option("#opt-from", "nd")
         with page.expect_response(lambda r: "/api/progression" in r.url, timeout=120000) as prog_info:
             page.set_input_files("#file-input", str(sample))
             # The loading state is shown while the API works.
             page.wait_for_selector("#status:not([hidden])", timeout=10000)
-        assert "explain=true" in prog_info.value.url
+        assert "explain=true" in prog_info.value.url and "from_stage=nd" in prog_info.value.url
         progression = prog_info.value.json()
+        assert len(progression["steps"]) == 3
         predict = progression  # the one answer carries the classification too
         _wait_idle(page)
         # One request per upload: the classifier runs once.
@@ -177,6 +180,17 @@ def test_page_uploads_a_real_oasis_slice_and_shows_stage_bars_gradcam_and_strip(
             pct = step["morphometry"]["pct_change"]["ventricle_area_px"]
             if pct is not None:
                 assert f"{abs(pct):.1f}%" in text
+        # At 1280 px the measurements table fits its panel: no horizontal scrolling needed.
+        wrap = page.locator("#changes .table-wrap")
+        assert wrap.evaluate("e => e.scrollWidth <= e.clientWidth"), "the measurements table overflows at 1280 px"
+        panel, table = page.locator("#progression").bounding_box(), page.locator("#morpho-table").bounding_box()
+        assert table["x"] + table["width"] <= panel["x"] + panel["width"]
+        # The OOD score and its threshold are stated; a warning, when the API gave one, is shown in words.
+        quality = progression["quality"]
+        assert f"{quality['ood_score']:.2f}" in page.inner_text("#ood-note")
+        codes = [w["code"] for w in quality["warnings"]]
+        assert page.is_visible("#quality-notices") == bool(codes)
+        assert page.locator("#quality-list li").evaluate_all("els => els.map(e => e.dataset.code)") == codes
         page.locator("#changes").screenshot(path=str(ARTIFACTS / "page_changes.png"))
         page.screenshot(path=str(ARTIFACTS / "page_desktop.png"), full_page=True)
         assert watch.problems == [], watch.problems
@@ -366,6 +380,41 @@ def test_page_stages_a_whole_nifti_volume_and_lists_its_slices(live_stack, brows
         context.close()
 
 
+def test_page_warns_of_a_slice_unlike_the_training_data_and_shows_the_tta_spread(live_stack, browser, tmp_path):
+    """A coronal slice of the MNI152 template is a brain slice (the gate lets it through) but not
+    what the phantom-trained models saw: a 200 with a visible out-of-distribution notice. With
+    the uncertainty option ticked, /predict carries tta=true and the bars show the 10-90 % range."""
+    from alzprog import ood
+    from alzprog.decode import encode_png
+    from alzprog.quality import OUT_OF_DISTRIBUTION
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    named = tmp_path / "coronal.png"
+    named.write_bytes(encode_png(ood.template_probes(per_set=2)["coronal"][1]))
+    context, page, watch = _open(browser, live_stack["frontend"] + "/", DESKTOP)
+    api_calls = _record_api_calls(page)
+    try:
+        page.uncheck("#opt-progression")
+        page.check("#opt-tta")
+        with page.expect_response(lambda r: "/api/predict" in r.url, timeout=120000) as info:
+            page.set_input_files("#file-input", str(named))
+        assert info.value.status == 200, info.value.text()
+        out = info.value.json()
+        _wait_idle(page)
+        assert len(api_calls) == 1 and "tta=true" in api_calls[0], api_calls
+        assert out["quality"]["out_of_distribution"] is True
+        assert page.is_visible("#quality-notices")
+        notice = page.locator("#quality-list li[data-code='%s']" % OUT_OF_DISTRIBUTION)
+        assert notice.count() == 1 and "unlike the slices the model was trained on" in notice.inner_text()
+        # TTA: a range over each bar and the spread in words.
+        assert page.locator("#prob-bars .prob-range").count() == 4
+        assert page.is_visible("#tta-note") and f"{out['tta']['views']} augmented views" in page.inner_text("#tta-note")
+        page.locator("#result").screenshot(path=str(ARTIFACTS / "page_warnings.png"))
+        assert watch.problems == [], watch.problems
+    finally:
+        context.close()
+
+
 def test_model_card_panel_shows_the_registry_champions(live_stack, browser):
     """/v1/model-card reads the real MLflow registry; the page's panel shows it when opened."""
     import httpx
@@ -390,6 +439,17 @@ def test_model_card_panel_shows_the_registry_champions(live_stack, browser):
             assert rows.nth(i).get_attribute("data-model") == m.name
             assert f"v{m.version}" in rows.nth(i).inner_text()
         assert "not for diagnosis" in page.inner_text("#model-card-use")
+        # The held-out figures the bootstrap's evaluation recorded on each version.
+        for i, m in enumerate(card.models):
+            assert m.figures and m.figures.get("evaluated_at"), m
+            text = rows.nth(i).locator("td.card-held-out").inner_text()
+            assert "evaluated " + str(m.figures["evaluated_at"])[:10] in text
+            if "test_subject_macro_f1" in m.figures:
+                assert f"{m.figures['test_subject_macro_f1']:.3f}" in text
+            if "test_change_correlation" in m.figures:
+                assert f"change correlation {m.figures['test_change_correlation']:.3f}" in text
+        assert "test_subjects" in card.models[0].figures
+        assert any("test_change_correlation" in (m.figures or {}) for m in card.models[1:])
         page.locator("#model-card").screenshot(path=str(ARTIFACTS / "page_model_card.png"))
         assert watch.problems == [], watch.problems
     finally:

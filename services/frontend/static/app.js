@@ -23,6 +23,11 @@
     button: $("analyse-btn"),
     optExplain: $("opt-explain"),
     optProgression: $("opt-progression"),
+    optTta: $("opt-tta"),
+    notices: $("quality-notices"),
+    noticeList: $("quality-list"),
+    ttaNote: $("tta-note"),
+    oodNote: $("ood-note"),
     optFrom: $("opt-from"),
     status: $("status"),
     statusText: $("status-text"),
@@ -101,6 +106,8 @@
 
   async function sniffVolume(file) {
     const head = new Uint8Array(await file.slice(0, 348).arrayBuffer());
+    // A zip: one DICOM series, a volume.
+    if (head[0] === 0x50 && head[1] === 0x4b && head[2] === 0x03 && head[3] === 0x04) return true;
     if (head[0] === 0x1f && head[1] === 0x8b) {
       // .nii.gz: read the header through the browser's own gunzip.
       if (typeof DecompressionStream !== "function") return true;
@@ -207,7 +214,7 @@
     return known.concat(names.filter((s) => !STAGE_ORDER.includes(s)));
   }
 
-  function renderBars(probabilities, predicted) {
+  function renderBars(probabilities, predicted, spread) {
     el.bars.replaceChildren();
     for (const stage of orderedStages(probabilities)) {
       const p = Number(probabilities[stage]) || 0;
@@ -231,6 +238,15 @@
       const pct = document.createElement("span");
       pct.className = "prob-pct";
       pct.textContent = formatPercent(p);
+      if (spread && spread.p10 && spread.p90 && typeof spread.p10[stage] === "number") {
+        // The 10-90 % range over the augmented views, drawn over the bar and written out.
+        const range = document.createElement("span");
+        range.className = "prob-range";
+        range.style.left = (100 * Math.max(0, spread.p10[stage])).toFixed(2) + "%";
+        range.style.width = (100 * Math.max(0, spread.p90[stage] - spread.p10[stage])).toFixed(2) + "%";
+        bar.appendChild(range);
+        pct.appendChild(cell("span", " (" + formatPercent(spread.p10[stage]) + "–" + formatPercent(spread.p90[stage]) + ")", "prob-spread"));
+      }
       li.append(name, bar, pct);
       el.bars.appendChild(li);
     }
@@ -259,7 +275,8 @@
     if (data.model) meta.push(modelText(data.model));
     if (data.cached) meta.push("from cache");
     el.stageMeta.textContent = meta.join(" · ");
-    renderBars(data.probabilities || {}, data.stage);
+    renderBars(data.probabilities || {}, data.stage, data.tta || null);
+    renderQuality(data);
 
     canonicalSrc = canonicalFrom(data) || canonicalSrc;
     // The upload as the user sent it (blob: preview of PNG/JPEG); DICOM and NIfTI have no
@@ -288,6 +305,39 @@
       el.gradcamCard.hidden = true;
     }
     el.result.hidden = false;
+  }
+
+  // Warnings about a slice that passed the input gate: shown above the answer, in words.
+  function renderQuality(data) {
+    const q = data.quality || {};
+    const warnings = Array.isArray(q.warnings) ? q.warnings : [];
+    el.noticeList.replaceChildren();
+    for (const w of warnings) {
+      const li = cell("li", w.message || w.code || "");
+      li.dataset.code = w.code || "";
+      el.noticeList.appendChild(li);
+    }
+    el.notices.hidden = warnings.length === 0;
+    if (typeof q.ood_score === "number" && typeof q.ood_threshold === "number") {
+      el.oodNote.textContent =
+        "Similarity to the model's training slices: distance " + q.ood_score.toFixed(2) +
+        " (above " + q.ood_threshold.toFixed(2) + " counts as unlike them).";
+      el.oodNote.hidden = false;
+    } else {
+      el.oodNote.textContent = "";
+      el.oodNote.hidden = true;
+    }
+    const t = data.tta;
+    if (t && t.std) {
+      el.ttaNote.textContent =
+        "Uncertainty: over " + t.views + " augmented views (mirror, small rotations, contrast) the probability of " +
+        data.stage + " varies by ± " + formatPercent(t.std[data.stage]) + " (SD); bars show the 10–90 % range; " +
+        formatPercent(t.agreement) + " of the views agree on the stage.";
+      el.ttaNote.hidden = false;
+    } else {
+      el.ttaNote.textContent = "";
+      el.ttaNote.hidden = true;
+    }
   }
 
   function stripItem(src, label, synthetic) {
@@ -361,6 +411,7 @@
     const head = document.createElement("tr");
     head.appendChild(cell("th", "Slice"));
     for (const st of stages) head.appendChild(cell("th", st));
+    head.appendChild(cell("th", "OOD distance"));
     el.slicesHead.replaceChildren(head);
     for (const sl of slices) {
       const tr = document.createElement("tr");
@@ -369,6 +420,10 @@
       if (isRep) tr.className = "is-representative";
       tr.appendChild(cell("th", String(sl.index) + (isRep ? " (shown)" : "")));
       for (const st of stages) tr.appendChild(cell("td", formatPercent((sl.probabilities || {})[st])));
+      const thr = (data.quality || {}).ood_threshold;
+      const d = sl.ood_score;
+      tr.appendChild(cell("td", typeof d === "number" ? d.toFixed(2) : "–",
+        typeof d === "number" && typeof thr === "number" && d > thr ? "is-ood" : ""));
       el.slicesBody.appendChild(tr);
     }
     const spread = data.probability_spread || {};
@@ -476,6 +531,7 @@
   function requestPath() {
     const query = new URLSearchParams();
     if (el.optExplain.checked) query.set("explain", "true");
+    if (el.optTta.checked && !currentIsVolume) query.set("tta", "true");
     if (currentIsVolume) {
       // A whole volume: one request stages it from its slices and, unless unticked,
       // synthesizes the progression of the representative slice it names.
@@ -554,6 +610,28 @@
     loaded: false,
   };
 
+  // The held-out figures evaluation recorded on the version (alzprog evaluate / the bootstrap).
+  function heldOutText(entry) {
+    const f = entry.figures || {};
+    const parts = [];
+    const n = (v) => (typeof v === "number" ? v.toFixed(3) : null);
+    if (n(f.test_subject_macro_f1)) {
+      let t = "subject macro-F1 " + n(f.test_subject_macro_f1);
+      const ci = f.test_subject_macro_f1_ci;
+      if (Array.isArray(ci) && ci.length === 2) t += " (95% CI " + n(ci[0]) + "–" + n(ci[1]) + ")";
+      if (typeof f.test_subjects === "number") t += " on " + f.test_subjects + " test subjects";
+      parts.push(t);
+    } else if (typeof f.test_subjects === "number") {
+      parts.push("subject macro-F1 not computable on " + f.test_subjects + " test subjects (fewer than 2 per stage)");
+    }
+    if (typeof f.trained_on_subjects === "number") parts.push("trained and validated on " + f.trained_on_subjects + " subjects");
+    if (n(f.test_change_correlation)) parts.push("change correlation " + n(f.test_change_correlation));
+    if (n(f.test_csf_growth_ratio)) parts.push("CSF growth ratio " + n(f.test_csf_growth_ratio) + " (1 = the true growth)");
+    if (typeof f.test_pairs === "number") parts.push(f.test_pairs + " test pairs");
+    if (f.evaluated_at) parts.push("evaluated " + String(f.evaluated_at).slice(0, 10));
+    return parts.join("; ") || "not evaluated yet";
+  }
+
   function figuresText(entry) {
     const parts = [];
     const metrics = entry.metrics || {};
@@ -580,7 +658,8 @@
         tr.appendChild(cell("td", entry.available ? "v" + entry.version : "not registered"));
         tr.appendChild(cell("td", entry.registered_at ? entry.registered_at.slice(0, 10) : "–"));
         tr.appendChild(cell("td", entry.data_kind || "–"));
-        tr.appendChild(cell("td", entry.available ? figuresText(entry) : entry.detail || ""));
+        tr.appendChild(cell("td", entry.available ? heldOutText(entry) : entry.detail || "", "card-held-out"));
+        tr.appendChild(cell("td", entry.available ? figuresText(entry) : ""));
         card.body.appendChild(tr);
       }
       card.use.textContent = data.intended_use || "";
