@@ -133,6 +133,50 @@ def test_hostile_volumes_are_refused_before_they_are_inflated(gateway):
     assert gateway.proc.poll() is None
 
 
+def test_hostile_dicom_series_zips_are_refused_before_they_are_inflated(gateway):
+    """Zips at /volume: one member inflating past the per-file bound, members declaring more than
+    the total bound, more files than allowed, a member that lies about its size, a truncated
+    archive: 4xx JSON, the server up."""
+    import io
+    import zipfile
+
+    from alzprog.volume import MAX_DICOM_INFLATED, MAX_SERIES_FILES, MAX_SERIES_INFLATED
+
+    def archive(members: dict[str, bytes]) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            for name, data in members.items():
+                z.writestr(name, data)
+        return buf.getvalue()
+
+    one_bomb = archive({"a.dcm": b"\0" * (MAX_DICOM_INFLATED + 1)})
+    # Members whose central directory declares more than the total bound: refused unread.
+    declared = bytearray(archive({f"{i}.dcm": b"x" for i in range(3)}))
+    at = 0
+    for _ in range(3):
+        at = declared.find(b"PK\x01\x02", at) + 1
+        declared[at - 1 + 24:at - 1 + 28] = (MAX_SERIES_INFLATED // 2).to_bytes(4, "little")
+    too_many = archive({f"{i}.txt": b"" for i in range(MAX_SERIES_FILES + 1)})
+    # A member whose central directory declares 10 bytes but whose stream inflates to 64 MiB.
+    liar = bytearray(archive({"a.dcm": b"\0" * (8 * 1024 * 1024)}))
+    cd = liar.rfind(b"PK\x01\x02")
+    liar[cd + 24:cd + 28] = (10).to_bytes(4, "little")
+    truncated = archive({"a.dcm": b"DICM" * 1000})[:-30]
+    cases = (
+        ("one_bomb", one_bomb, {"decompression_bomb"}),
+        ("declared_huge", bytes(declared), {"decompression_bomb"}),
+        ("too_many", too_many, {"too_many_files"}),
+        ("liar", bytes(liar), {"bad_zip", "no_dicom_series"}),
+        ("truncated", truncated, {"bad_zip"}),
+    )
+    for name, data, codes in cases:
+        assert len(data) <= LIMIT, name
+        r = httpx.post(gateway.url + "/volume", files={"file": ("upload", data)}, timeout=60)
+        assert 400 <= r.status_code < 500, (name, r.status_code, r.text[:300])
+        assert r.json()["error"]["code"] in codes, (name, r.text[:300])
+    assert gateway.proc.poll() is None
+
+
 def test_missing_boundary_and_wrong_content_type_are_4xx(gateway):
     for ctype in ("multipart/form-data", "multipart/form-data; boundary=", "text/plain", "application/json"):
         r = httpx.post(gateway.url + "/predict", content=b"--x\r\n\r\n", headers={"Content-Type": ctype}, timeout=30)
