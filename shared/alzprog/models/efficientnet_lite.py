@@ -97,6 +97,11 @@ class LiteConfig:
     # sulcal outlines) that mid-level ImageNet features describe better than the last ones
     # (docs/classifier.md has the linear-probe comparison).
     feature_stages: tuple[int, ...] | None = None
+    # How each tapped stage is pooled: "mean" (average pooling) and/or "std" (the spatial
+    # standard deviation of each channel). The spread says how much of a pattern varies across
+    # the slice, e.g. sharp ventricle and sulcal edges against a smooth parenchyma, which the
+    # average cancels out; docs/classifier.md has the head comparison.
+    pooling: tuple[str, ...] = ("mean",)
 
     @classmethod
     def for_arch(cls, arch: str, **overrides: float | int) -> "LiteConfig":
@@ -178,6 +183,21 @@ class MBConv(nn.Module):
         return x + y
 
 
+POOLINGS = ("mean", "std")
+
+
+def pool_stage(x: torch.Tensor, pooling: tuple[str, ...]) -> list[torch.Tensor]:
+    """(N, C, H, W) -> one (N, C) tensor per pooling, in the order asked."""
+    out = []
+    for kind in pooling:
+        if kind == "mean":
+            out.append(x.mean(dim=(2, 3)))
+        else:
+            # The epsilon keeps the gradient finite on a constant map (fine-tuning, Grad-CAM).
+            out.append(torch.sqrt(x.var(dim=(2, 3), unbiased=False) + 1e-6))
+    return out
+
+
 class EfficientNetLite(nn.Module):
     """EfficientNet-Lite: ``features`` (stem, 7 stages, head conv) -> ``avgpool`` -> ``classifier``."""
 
@@ -211,7 +231,10 @@ class EfficientNetLite(nn.Module):
                 raise ValueError(f"feature_stages must lie in 1..{len(plan)}, got {cfg.feature_stages}")
             layers = layers[: stages[-1] + 1]
             self.taps = stages  # features[s] is stage s's output
-            width = sum(plan[s - 1][-1][1] for s in stages)
+            unknown = set(cfg.pooling) - set(POOLINGS)
+            if not cfg.pooling or unknown:
+                raise ValueError(f"pooling must be a non-empty subset of {POOLINGS}, got {cfg.pooling}")
+            width = len(cfg.pooling) * sum(plan[s - 1][-1][1] for s in stages)
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         if cfg.feature_stages is None:
@@ -230,7 +253,7 @@ class EfficientNetLite(nn.Module):
         for i, layer in enumerate(self.features):
             x = layer(x)
             if i in self.taps:
-                pooled.append(torch.flatten(self.avgpool(x), 1))
+                pooled.extend(pool_stage(x, self.cfg.pooling))
         return torch.cat(pooled, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102

@@ -60,6 +60,8 @@ def build_stage_classifier(config: dict[str, Any]) -> nn.Module:
             overrides["drop_path"] = float(config["stochastic_depth_prob"])
         if config.get("feature_stages"):
             overrides["feature_stages"] = tuple(int(s) for s in config["feature_stages"])
+        if config.get("pooling"):
+            overrides["pooling"] = tuple(str(k) for k in config["pooling"])
         model = lite.build_efficientnet_lite(arch, **overrides)
     elif _is_scaled(config):
         settings, last_channel = tv_eff._efficientnet_conf(
@@ -181,6 +183,7 @@ def classifier_config(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     feature_stages: list[int] | tuple[int, ...] | None = None,
+    pooling: list[str] | tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """The JSON config saved with a trained classifier (what serving needs to rebuild and feed it).
 
@@ -207,6 +210,8 @@ def classifier_config(
         cfg["dropout"] = float(dropout)
     if feature_stages:
         cfg["feature_stages"] = [int(s) for s in feature_stages]
+        if pooling:
+            cfg["pooling"] = [str(k) for k in pooling]
     if width_mult is not None or depth_mult is not None:
         cfg["width_mult"] = float(width_mult or 1.0)
         cfg["depth_mult"] = float(depth_mult or 1.0)

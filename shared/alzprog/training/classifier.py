@@ -108,6 +108,7 @@ def model_config_from(cfg: dict[str, Any], temperature: float = 1.0) -> dict[str
         depth_mult=m.get("depth_mult"),
         dropout=m.get("dropout"),
         feature_stages=m.get("feature_stages"),
+        pooling=m.get("pooling"),
         temperature=temperature,
         pretrained=str(cfg.get("pretrained", "imagenet")),
     )
@@ -515,7 +516,10 @@ def _cached_features(model: nn.Module, ds, device: torch.device, batch_size: int
         if not name.startswith("classifier."):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    h.update(json.dumps([ds.size, ds.mean, ds.std, str(ds.cache.directory.name)]).encode())
+    # What the features are, beyond the weights: the tapped stages and how they are pooled.
+    lite_cfg = getattr(model, "cfg", None)
+    head_spec = [list(lite_cfg.feature_stages or ()), list(lite_cfg.pooling)] if lite_cfg is not None else None
+    h.update(json.dumps([ds.size, ds.mean, ds.std, str(ds.cache.directory.name), head_spec]).encode())
     h.update(np.asarray(ds.rows, dtype=np.int64).tobytes())
     path = data_home() / "cache" / f"features-{h.hexdigest()[:24]}.npy"
     if path.is_file():
