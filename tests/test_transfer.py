@@ -39,12 +39,36 @@ def test_multiscale_lite_features_feed_the_head():
         assert head(model) is model.classifier[-1]
 
 
+def test_std_pooling_adds_each_stages_spatial_spread():
+    from alzprog.models.stage_classifier import build_stage_classifier, forward_features
+
+    cfg = {"arch": "efficientnet_lite0", "feature_stages": [3, 4], "pooling": ["mean", "std"], "num_classes": 4}
+    model = build_stage_classifier(cfg).eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        f = forward_features(model, x)
+        s3 = model.features[:4](x)
+        s4 = model.features[4](s3)
+    assert f.shape == (2, 2 * (40 + 80))
+    # Order: per stage, means then spreads.
+    assert torch.allclose(f[:, :40], s3.mean((2, 3)), atol=1e-6)
+    assert torch.allclose(f[:, 40:80], s3.std((2, 3), unbiased=False), atol=1e-3)
+    assert torch.allclose(f[:, 160:], s4.std((2, 3), unbiased=False), atol=1e-3)
+    # On a blank image (maps nearly constant) the gradient stays finite (fine-tuning, Grad-CAM).
+    flat = torch.zeros(1, 3, 96, 96, requires_grad=True)
+    model(flat).sum().backward()
+    assert torch.isfinite(flat.grad).all()
+    with pytest.raises(ValueError, match="pooling"):
+        build_stage_classifier({**cfg, "pooling": ["max"]})
+
+
 def test_transfer_training_runs_both_phases(transfer_run):
     report = json.loads((transfer_run / "train_report.json").read_text())
     phases = [h["phase"] for h in report["history"]]
     assert phases == ["phase1"] * 3 + ["phase2"]
     config = json.loads((transfer_run / "model" / "config.json").read_text())
     assert config["arch"] == "efficientnet_lite0" and config["feature_stages"] == [3, 4]
+    assert config["pooling"] == ["mean", "std"]
     assert config["pretrained"] == "imagenet"
     # The packaged Lite weights expect (x - 127) / 128.
     assert config["mean"][0] == pytest.approx(127 / 255) and config["std"][0] == pytest.approx(128 / 255)
