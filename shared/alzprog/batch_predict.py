@@ -359,9 +359,10 @@ def predict_archive(
         todo = todo[:limit]
 
     scorer = scorer or StageScorer(model)
-    cpus = os.cpu_count() or 1
+    # Ranks on one machine share its cores (torchrun sets LOCAL_WORLD_SIZE).
+    cpus = max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     n_workers = workers if workers is not None else max(1, cpus - 1)
-    torch.set_num_threads(max(1, cpus))
+    torch.set_num_threads(cpus)
     rows_out = _Appender(mine, SLICE_COLUMNS)
     errs_out = _Appender(err_file, ERROR_COLUMNS)
     scored = n_failed = 0

@@ -179,8 +179,8 @@ class CanonicalCache:
         needs ~11 GB of RAM) and memory-maps it; ``persist=False`` keeps everything in memory.
 
         The brain mask is mostly scipy.ndimage morphology, which holds the GIL, so large builds
-        use worker processes (``processes=None``: when there are > 256 paths and > 2 CPUs);
-        small ones use threads (no process start-up cost).
+        use worker processes (``processes=None``: when there are > 256 paths and more than one
+        CPU); small ones use threads (no process start-up cost).
         """
         unique = list(dict.fromkeys(str(Path(p)) for p in paths))
         if not unique:
@@ -221,7 +221,7 @@ class CanonicalCache:
 
         cpus = os.cpu_count() or 2
         if processes is None:
-            processes = n > 256 and cpus > 2
+            processes = n > 256 and cpus > 1
         try:
             if processes:
                 from concurrent.futures import ProcessPoolExecutor

@@ -85,29 +85,81 @@ def sample_per_stage(frame: pd.DataFrame, max_per_stage: int, seed: int) -> pd.D
     return pd.concat(parts).reset_index(drop=True) if parts else frame.iloc[:0]
 
 
-def stage_stats(images: np.ndarray, masks: np.ndarray) -> StageStats:
-    """Pixel-wise brain-masked mean and intensity statistics of one stage's images."""
-    m = masks.astype(np.float64)
-    count = m.sum(axis=0)
-    total = (images.astype(np.float64) * m).sum(axis=0)
-    coverage = count / max(len(images), 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_image = np.where(coverage >= MIN_COVERAGE, total / np.maximum(count, 1), np.nan)
-    brain = images[masks]
-    hist = np.bincount(brain, minlength=256).astype(np.float64)
-    hist = hist / hist.sum() if hist.sum() else hist
-    area = masks.reshape(len(masks), -1).sum(axis=1)
-    return StageStats(
-        n_images=int(len(images)),
-        mean_image=mean_image,
-        coverage=coverage,
-        histogram=hist,
-        intensity_mean=float(brain.mean()) if brain.size else float("nan"),
-        intensity_median=float(np.median(brain)) if brain.size else float("nan"),
-        intensity_std=float(brain.std()) if brain.size else float("nan"),
-        mask_area_mean=float(area.mean()) if len(area) else float("nan"),
-        mask_area_std=float(area.std()) if len(area) else float("nan"),
-    )
+# Images folded into the running sums at a time: memory is bounded whatever the sample size.
+STATS_CHUNK = 64
+
+
+class RunningStageStats:
+    """Brain-masked statistics accumulated chunk by chunk (running sums and a 256-bin histogram),
+    so a stage's statistics never need its images in memory at once."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.n = 0
+        self.count = np.zeros(shape, np.float64)
+        self.total = np.zeros(shape, np.float64)
+        self.hist = np.zeros(256, np.int64)
+        self.areas: list[int] = []
+
+    def add(self, images: np.ndarray, masks: np.ndarray) -> None:
+        """Fold a chunk of uint8 images (N, H, W) and their boolean brain masks in."""
+        images = np.asarray(images)
+        masks = np.asarray(masks, dtype=bool)
+        self.n += len(images)
+        self.count += masks.sum(axis=0)
+        self.total += np.where(masks, images, 0).sum(axis=0, dtype=np.float64)
+        self.hist += np.bincount(images[masks], minlength=256)
+        self.areas.extend(int(a) for a in masks.reshape(len(masks), -1).sum(axis=1))
+
+    def result(self) -> StageStats:
+        coverage = self.count / max(self.n, 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_image = np.where(coverage >= MIN_COVERAGE, self.total / np.maximum(self.count, 1), np.nan)
+        n_brain = int(self.hist.sum())
+        levels = np.arange(256, dtype=np.float64)
+        if n_brain:
+            mean = float((self.hist * levels).sum() / n_brain)
+            std = float(np.sqrt((self.hist * (levels - mean) ** 2).sum() / n_brain))
+            cum = np.cumsum(self.hist)
+            # the median of integer data, as np.median computes it (mean of the two middle values)
+            lo = int(np.searchsorted(cum, (n_brain - 1) // 2 + 1))
+            hi = int(np.searchsorted(cum, n_brain // 2 + 1))
+            median = (lo + hi) / 2.0
+        else:
+            mean = median = std = float("nan")
+        area = np.asarray(self.areas, dtype=np.float64)
+        return StageStats(
+            n_images=int(self.n),
+            mean_image=mean_image,
+            coverage=coverage,
+            histogram=self.hist / n_brain if n_brain else self.hist.astype(np.float64),
+            intensity_mean=mean,
+            intensity_median=median,
+            intensity_std=std,
+            mask_area_mean=float(area.mean()) if len(area) else float("nan"),
+            mask_area_std=float(area.std()) if len(area) else float("nan"),
+        )
+
+
+def stage_stats(images: np.ndarray, masks: np.ndarray, chunk: int = STATS_CHUNK) -> StageStats:
+    """Pixel-wise brain-masked mean and intensity statistics of one stage's images.
+
+    ``images`` / ``masks`` may be memory maps or row views of a cache: they are read ``chunk``
+    images at a time.
+    """
+    acc = RunningStageStats(tuple(images.shape[1:]))
+    for start in range(0, len(images), chunk):
+        acc.add(images[start : start + chunk], masks[start : start + chunk])
+    return acc.result()
+
+
+def cache_stage_stats(cache: CanonicalCache, rows: np.ndarray, chunk: int = STATS_CHUNK) -> StageStats:
+    """``stage_stats`` of the cache rows ``rows``, gathered ``chunk`` rows at a time."""
+    acc = RunningStageStats((cache.size, cache.size))
+    rows = np.sort(np.asarray(rows))
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        acc.add(np.asarray(cache.images[part]), np.asarray(cache.masks[part]))
+    return acc.result()
 
 
 def masked_ssim(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
@@ -212,7 +264,7 @@ def run_eda(
     for i in range(len(STAGES)):
         rows = cache.index_of(list(sample.loc[sample["stage_index"] == i, "path"]))
         if len(rows):
-            stats[i] = stage_stats(np.asarray(cache.images[rows]), np.asarray(cache.masks[rows]))
+            stats[i] = cache_stage_stats(cache, rows)
 
     # --- SSIM between adjacent stages ----------------------------------------------------------
     ssim: dict[str, dict] = {}

@@ -132,6 +132,16 @@ def _check_one(check: Callable[[Path], None], path: Path) -> str | None:
         return f"{code}: {text}" if code else text
 
 
+def _image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively, symlinked files included), sorted by path."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames.sort()
+        base = Path(dirpath)
+        found.extend(base / f for f in filenames if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES)
+    return sorted(found)
+
+
 def scan(root: Path) -> tuple[Path, list[dict], list[str]]:
     """Walk the stage folders. Returns (data root, rows without decode check, ignored folder names)."""
     data_root = resolve_data_root(root)
@@ -142,9 +152,8 @@ def scan(root: Path) -> tuple[Path, list[dict], list[str]]:
         if idx is None:
             ignored.append(folder.name)
             continue
-        for path in sorted(folder.rglob("*")):
-            if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
+        # os.walk + one resolve per folder: no per-file stat or resolve on archives of ~100k files.
+        for path in _image_files(folder.resolve()):
             m = OASIS_NAME.match(path.stem)
             if m:
                 subject = m["subject"].upper()
@@ -154,7 +163,7 @@ def scan(root: Path) -> tuple[Path, list[dict], list[str]]:
                 subject, session, acquisition, sl = generic_subject_id(rel), UNKNOWN, UNKNOWN, UNKNOWN
             rows.append(
                 {
-                    "path": str(path.resolve()),
+                    "path": str(path),
                     "stage": STAGES[idx],
                     "stage_index": idx,
                     "subject": subject,
