@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             probe(f[:, :c], f"{size} px, {label}, mean")
             probe(f, f"{size} px, {label}, mean + sd")
         probe(np.concatenate([feats[3][:, : feats[3].shape[1] // 2], feats[4][:, : feats[4].shape[1] // 2]], 1),
-              f"{size} px, stages 3 + 4, mean (the transfer preset's head)")
+              f"{size} px, stages 3 + 4, mean")
+        probe(np.concatenate([feats[3], feats[4]], 1), f"{size} px, stages 3 + 4, mean + sd (the transfer preset's head)")
     return 0
 
 
