@@ -522,6 +522,8 @@ def table_rows(r: dict) -> list[list]:
 
     def add(step, rate, detail):
         m = r[step]
+        if m.get("note"):
+            detail = f"{detail}; {m['note']}"
         rows.append([step, m["seconds"], rate, m["peak_rss_mb_largest_process"], m["peak_rss_mb_tree_sampled"],
                      m.get("peak_anon_rss_mb_tree_sampled", ""), detail])
 
