@@ -380,6 +380,35 @@ def test_page_stages_a_whole_nifti_volume_and_lists_its_slices(live_stack, brows
         context.close()
 
 
+def test_page_sends_a_zipped_dicom_series_to_the_volume_route_and_lists_its_slices(live_stack, browser, tmp_path):
+    """A zip of one DICOM series (written with pydicom from the MNI152 template, tests/test_volume.py)
+    is a volume to the page: one /api/volume request, the slices with their OOD distance."""
+    from test_volume import _series_zip, _template_int16
+
+    data, affine = _template_int16()
+    named = tmp_path / "series.zip"
+    named.write_bytes(_series_zip(data, affine, "axial"))
+    context, page, watch = _open(browser, live_stack["frontend"] + "/", DESKTOP)
+    api_calls = _record_api_calls(page)
+    try:
+        page.uncheck("#opt-progression")
+        with page.expect_response(lambda r: "/api/volume" in r.url, timeout=180000) as info:
+            page.set_input_files("#file-input", str(named))
+        assert info.value.status == 200, info.value.text()
+        out = info.value.json()
+        _wait_idle(page, 180000)
+        assert api_calls == [info.value.url], api_calls
+        assert out["volume"]["source_orientation"] == "LPS"
+        rows = page.locator("#slices-table tbody tr")
+        assert rows.count() == len(out["slices"])
+        last = rows.nth(0).locator("td").last.inner_text()
+        assert last == f"{out['slices'][0]['ood_score']:.2f}"
+        assert page.locator("#slices-table thead th").last.inner_text() == "OOD distance"
+        assert watch.problems == [], watch.problems
+    finally:
+        context.close()
+
+
 def test_page_warns_of_a_slice_unlike_the_training_data_and_shows_the_tta_spread(live_stack, browser, tmp_path):
     """A coronal slice of the MNI152 template is a brain slice (the gate lets it through) but not
     what the phantom-trained models saw: a 200 with a visible out-of-distribution notice. With

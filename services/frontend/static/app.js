@@ -9,7 +9,7 @@
   const STAGE_ORDER = ["Non Demented", "Very mild Dementia", "Mild Dementia", "Moderate Dementia"];
   const REQUEST_TIMEOUT_MS = 180000;
   // Formats the gateway accepts; checked here only to give a quick, friendly message.
-  const ACCEPTED = /\.(png|jpe?g|dcm|dicom|nii|nii\.gz)$/i;
+  const ACCEPTED = /\.(png|jpe?g|dcm|dicom|nii|nii\.gz|zip)$/i;
   // Magic bytes of formats a browser can preview directly from a blob: URL.
   const PNG_MAGIC = [0x89, 0x50, 0x4e, 0x47];
   const JPEG_MAGIC = [0xff, 0xd8, 0xff];
@@ -147,7 +147,7 @@
     clearError();
     // DICOM files often have no extension at all; only a known-wrong extension is refused here.
     if (/\.[a-z0-9]+$/i.test(file.name) && !ACCEPTED.test(file.name)) {
-      showError("Please choose a PNG, JPEG, DICOM (.dcm) or NIfTI (.nii, .nii.gz) file.");
+      showError("Please choose a PNG, JPEG, DICOM (.dcm), NIfTI (.nii, .nii.gz) file or a .zip of one DICOM series.");
       return;
     }
     currentFile = file;
