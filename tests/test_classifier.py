@@ -48,7 +48,7 @@ def test_registered_champion_loads_by_alias_with_onnx_parity(trained, tiny_split
     assert cfg["pretrained"] == "none"
     loaded = load_artifact(resolved.local_dir)
     digests = json.loads((resolved.local_dir / "digests.json").read_text())["files"]
-    assert set(digests) == {"config.json", "model.safetensors", "model.onnx"}
+    assert set(digests) == {"config.json", "model.safetensors", "model.onnx", "ood_reference.json"}
 
     # Parity on real preprocessed test slices, not only on the export example.
     test = pd.read_csv(tiny_split / "test.csv")
