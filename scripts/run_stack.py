@@ -263,7 +263,8 @@ def run() -> int:
         check = subprocess.run([str(BIN / "alzprog"), "bootstrap", "--check"], env=base_env, cwd=REPO, capture_output=True, text=True)
         if check.returncode != 0:
             print("[run] the registry lacks champions: running `alzprog bootstrap` (quick demo models, a few minutes)", flush=True)
-            boot = subprocess.run([str(BIN / "alzprog"), "bootstrap"], env=base_env, cwd=REPO)
+            # The held-out evaluation (the model card's figures) runs once the services answer.
+            boot = subprocess.run([str(BIN / "alzprog"), "bootstrap", "--no-evaluate"], env=base_env, cwd=REPO)
             if boot.returncode != 0:
                 raise RuntimeError(f"alzprog bootstrap failed with code {boot.returncode}")
             stack.timed("bootstrap (train + register + promote)", t0)
@@ -292,6 +293,9 @@ def run() -> int:
         ]
         wait_ready(stack, services, timeout=300)
         stack.timed("services ready (classifier, generator, gateway, frontend)", t0)
+        if (data_home() / "bootstrap" / "pending_card_figures.json").is_file():
+            card = stack.start("card-figures", [str(BIN / "alzprog"), "bootstrap", "--card-figures"], base_env)
+            print(f"[run] the model card's held-out figures are being computed in the background (log: {card.log})", flush=True)
 
         total = time.perf_counter() - t_all
         print("\n[run] time per step:", flush=True)
@@ -309,6 +313,9 @@ def run() -> int:
             for child in stack.children:
                 if not child.alive() and child.name not in reported:
                     reported.add(child.name)
+                    if child.name == "card-figures" and child.proc.returncode == 0:
+                        print("[run] the model card's held-out figures are recorded (see /v1/model-card)", flush=True)
+                        continue
                     print(f"[run] warning: {child.name} exited with code {child.proc.returncode}; last log lines:\n{tail(child.log)}", flush=True)
             time.sleep(1.0)
     except KeyboardInterrupt:

@@ -155,11 +155,16 @@ def tiny_split(tiny_phantom: Path, session_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def registered_models(mlflow_server, tiny_split, session_dir) -> dict[str, str]:
     """Train the tiny quick models through the library and make them the champions."""
-    from alzprog.bootstrap import bootstrap
+    from alzprog.bootstrap import PENDING_CARD_FILE, bootstrap, evaluate_pending
 
     # force: other test modules may have registered champions of their own in this server.
-    report = bootstrap("tiny", split_dir=tiny_split, work_dir=session_dir / "stack-bootstrap", force=True, echo=False)
+    # As `make run` does: train and promote first, the held-out evaluation (card figures) after.
+    work = session_dir / "stack-bootstrap"
+    report = bootstrap("tiny", split_dir=tiny_split, work_dir=work, force=True, echo=False, evaluate=False)
     assert all(report.champions.values()), report.champions
+    assert (work / PENDING_CARD_FILE).is_file()
+    assert evaluate_pending(work, echo=False)
+    assert not (work / PENDING_CARD_FILE).is_file() and not evaluate_pending(work, echo=False)
     return report.champions
 
 

@@ -15,6 +15,7 @@ synthetic phantom: they make the stack work end to end, they are not the project
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ PLANS: dict[str, BootstrapPlan] = {
 
 # Test pairs per transition the bootstrap's progression evaluation scores (bounded time).
 EVAL_MAX_PAIRS = 24
+PENDING_CARD_FILE = "pending_card_figures.json"
 
 
 @dataclass
@@ -135,6 +137,21 @@ def _evaluate_for_card(split_dir: Path, out: Path, champions: dict[str, str | No
             log.warning("progression evaluation for the model card failed: %s", exc)
 
 
+def evaluate_pending(work_dir: Path | str | None = None, echo: bool = True) -> bool:
+    """Run the held-out evaluation a ``bootstrap(evaluate=False)`` left pending; False if none was."""
+    work = Path(work_dir) if work_dir else data_home() / "bootstrap"
+    note = work / PENDING_CARD_FILE
+    if not note.is_file():
+        return False
+    pending = json.loads(note.read_text())
+    report = BootstrapReport()
+    with _Timer(report, "evaluate on the held-out test subjects (the model card's figures)", echo):
+        _evaluate_for_card(Path(pending["split"]), work / "evaluation", pending["champions"],
+                           bool(pending["classifier"]), bool(pending["generators"]), echo)
+    note.unlink()
+    return True
+
+
 def bootstrap(
     plan: str | BootstrapPlan = "quick",
     *,
@@ -142,11 +159,14 @@ def bootstrap(
     split_dir: Path | str | None = None,
     force: bool = False,
     echo: bool = True,
+    evaluate: bool = True,
 ) -> BootstrapReport:
     """Train, register and promote the missing champions; return what was done and how long it took.
 
     ``split_dir``: reuse an existing subject-level split instead of synthesising a phantom.
     ``force``: train and promote all four even when champions exist.
+    ``evaluate=False``: skip the held-out evaluation of what was trained and leave a note of it
+    in the work folder for :func:`evaluate_pending` (``alzprog bootstrap --card-figures``).
     """
     from alzprog.registry import tracking_uri
 
@@ -208,8 +228,15 @@ def bootstrap(
     absent = [name for name, v in report.champions.items() if v is None]
     if absent:
         raise RuntimeError(f"bootstrap finished but these have no {CHAMPION_ALIAS}: {', '.join(absent)}")
-    with _Timer(report, "evaluate on the held-out test subjects (the model card's figures)", echo):
-        _evaluate_for_card(split_dir, work / "evaluation", report.champions, CLASSIFIER_MODEL_NAME in missing, bool(transitions), echo)
+    pending = {"split": str(split_dir), "champions": report.champions,
+               "classifier": CLASSIFIER_MODEL_NAME in missing, "generators": bool(transitions)}
+    if evaluate:
+        with _Timer(report, "evaluate on the held-out test subjects (the model card's figures)", echo):
+            _evaluate_for_card(split_dir, work / "evaluation", report.champions, pending["classifier"],
+                               pending["generators"], echo)
+    elif pending["classifier"] or pending["generators"]:
+        # The evaluation is left for later (`make run` starts it once the services answer).
+        (work / PENDING_CARD_FILE).write_text(json.dumps(pending, indent=2))
     if echo:
         print("[bootstrap] time per step:", flush=True)
         for name, seconds in report.steps:

@@ -21,18 +21,27 @@ def register(groups: dict[str, argparse._SubParsersAction], top: argparse._SubPa
     p.add_argument("--work-dir", type=Path, default=None, help="where the phantom and training outputs go (default DATA/bootstrap)")
     p.add_argument("--force", action="store_true", help="train and promote all four even when champions exist")
     p.add_argument("--check", action="store_true", help="only report whether champions exist (exit 0 if all, 1 if not)")
+    p.add_argument("--no-evaluate", action="store_true",
+                   help="skip the held-out evaluation (the model card's figures); leave it for --card-figures")
+    p.add_argument("--card-figures", action="store_true",
+                   help="only run the evaluation a --no-evaluate bootstrap left pending")
     p.set_defaults(func=_bootstrap)
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
-    from alzprog.bootstrap import bootstrap, champion_versions
+    from alzprog.bootstrap import bootstrap, champion_versions, evaluate_pending
 
     if args.check:
         versions = champion_versions()
         for name, version in versions.items():
             print(f"{name}: {'v' + version if version else 'no champion'}")
         return 0 if all(versions.values()) else 1
-    report = bootstrap(args.plan, work_dir=args.work_dir, split_dir=args.split, force=args.force)
+    if args.card_figures:
+        if not evaluate_pending(args.work_dir):
+            print("no evaluation pending")
+        return 0
+    report = bootstrap(args.plan, work_dir=args.work_dir, split_dir=args.split, force=args.force,
+                       evaluate=not args.no_evaluate)
     for line in report.trained:
         print(f"trained: {line}")
     return 0
