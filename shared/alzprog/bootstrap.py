@@ -51,7 +51,7 @@ PLANS: dict[str, BootstrapPlan] = {
         # Generators: the quick preset's deform design with a step budget (a busy machine gets the
         # same models, only later); the time limit is only a guard. Their validation pairs also
         # fit the field gain. Times and held-out figures: README and docs/progression.md.
-        progression_overrides={"epochs": 2, "samples_per_epoch": 320, "max_steps": 80, "time_limit_s": 60, "val_max_pairs": 24},
+        progression_overrides={"epochs": 2, "samples_per_epoch": 320, "max_steps": 80, "time_limit_s": 600, "val_max_pairs": 24},
     ),
     # Tests: seconds, on the session's tiny phantom split.
     "tiny": BootstrapPlan(
