@@ -111,3 +111,14 @@ def test_nothing_decodable_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="could be decoded"):
         build_manifest(tmp_path, tmp_path / "m.csv", progress=False)
     assert len(pd.read_csv(tmp_path / "m.skipped.csv")) == 1
+
+
+def test_data_source_names_phantom_real_and_unknown(tiny_split: Path, oasis_sample_files: list[Path], tmp_path: Path) -> None:
+    from alzprog.data.manifest import data_source
+
+    assert data_source(pd.read_csv(tiny_split / "train.csv")["path"]) == "synthetic phantom"
+    assert data_source(map(str, oasis_sample_files)) == "real (OASIS)"
+    other = tmp_path / "scan_001.png"
+    Image.new("L", (8, 8)).save(other)
+    assert data_source([other]) == "unknown"
+    assert data_source([]) == "unknown"

@@ -20,7 +20,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,3 +272,18 @@ def summarize(frame: pd.DataFrame) -> str:
         part = frame[frame["stage_index"] == i]
         lines.append(f"  {stage:<20} {len(part):>7} images {part['subject'].nunique():>5} subjects")
     return "\n".join(lines)
+
+
+def data_source(paths: Iterable[str | Path], probe: int = 16) -> str:
+    """What a set of training images is, for the model card: ``synthetic phantom`` when they lie
+    in a folder that ``alzprog data synth`` wrote (its summary file is a few levels up),
+    ``real (OASIS)`` for OASIS-named files, else ``unknown``."""
+    from alzprog.data.phantom import SUMMARY_NAME
+
+    sample = [Path(p) for _, p in zip(range(probe), paths)]
+    for p in sample:
+        if any((parent / SUMMARY_NAME).is_file() for parent in list(p.parents)[:5]):
+            return "synthetic phantom"
+    if sample and all(p.name.upper().startswith("OAS") for p in sample):
+        return "real (OASIS)"
+    return "unknown"

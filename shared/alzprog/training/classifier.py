@@ -217,6 +217,7 @@ def train_classifier(
     """
     from alzprog.artifacts import save_artifact
     from alzprog.data.dataset import CanonicalCache, StageSliceDataset, augment_batch
+    from alzprog.data.manifest import data_source
     from alzprog.data.split import load_split, read_report, split_hash
     from alzprog.models.stage_classifier import (
         build_stage_classifier,
@@ -320,6 +321,7 @@ def train_classifier(
             "n_train_subjects": len(train_ds.subjects), "n_val_subjects": len(val_ds.subjects),
             "world_size": dist.world_size, "device": str(device), "amp": amp,
             "shuffle_labels": shuffle_labels,
+            "data_kind": data_source(train_df["path"]),  # the model card's "trained on"
         })
         mlflow.log_params({k: (str(v)[:500] if v is not None else "None") for k, v in params.items()})
         mlflow.set_tags({

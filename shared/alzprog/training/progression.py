@@ -486,6 +486,9 @@ def train_transition(
         run = mlflow.start_run(run_name=f"{transition}-{variant}{'' if roi else '-noroi'}")
         mlflow.set_tags({"transition": transition, "variant": variant, "roi": str(roi), "paired": str(paired), "preset": cfg.get("preset", "")})
         mlflow.log_params({k: v for k, v in _flat(resolved).items() if v is not None and len(str(v)) < 500})
+        from alzprog.data.manifest import data_source
+
+        mlflow.log_param("data_kind", data_source(frames["train"]["path"]))  # the model card's "trained on"
         mlflow.log_dict(environment_info(), "environment.json")
 
     history: list[dict[str, Any]] = []
