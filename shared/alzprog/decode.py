@@ -33,6 +33,8 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +80,20 @@ _DICOM_TRANSFER_SYNTAXES = {
     "1.2.840.10008.1.2.4.50",
     "1.2.840.10008.1.2.4.51",
 }
+
+
+@contextmanager
+def untrusted_parse(what: str, code: str, failure: str) -> Iterator[None]:
+    """Parsing untrusted bytes: an :class:`ImageDecodeError` passes through, running out of
+    memory becomes ``too_many_pixels`` and any other parser failure ``code`` (a 4xx, never a 500)."""
+    try:
+        yield
+    except ImageDecodeError:
+        raise
+    except MemoryError:
+        raise ImageDecodeError("too_many_pixels", f"the {what} is too large to decode") from None
+    except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes is a 4xx
+        raise ImageDecodeError(code, f"{failure} ({type(exc).__name__})") from None
 
 
 class ImageDecodeError(ValueError):
@@ -149,7 +165,7 @@ def decode_slice(data: bytes, *, nifti_slice: int | None = None) -> np.ndarray:
     ignored for other formats. Raises :class:`ImageDecodeError` for any bad input and never
     any other exception.
     """
-    try:
+    with untrusted_parse("image", "corrupt_image", "the file could not be decoded"):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ImageDecodeError("unsupported_format", "expected the raw bytes of an image file")
         data = bytes(data)
@@ -177,12 +193,6 @@ def decode_slice(data: bytes, *, nifti_slice: int | None = None) -> np.ndarray:
             )
         _check_shape(image.shape)
         return np.ascontiguousarray(image, dtype=np.uint8)
-    except ImageDecodeError:
-        raise
-    except MemoryError:
-        raise ImageDecodeError("too_many_pixels", "the image is too large to decode") from None
-    except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes is a 4xx
-        raise ImageDecodeError("corrupt_image", f"the file could not be decoded ({type(exc).__name__})") from None
 
 
 def read_slice(path: str | Path, *, nifti_slice: int | None = None) -> np.ndarray:

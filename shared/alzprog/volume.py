@@ -34,6 +34,7 @@ from alzprog.decode import (
     _gunzip_nifti,
     _nifti_header_info,
     sniff_format,
+    untrusted_parse,
     window_to_uint8,
 )
 
@@ -93,7 +94,7 @@ def decode_volume(data: bytes) -> Volume:
 
     Raises :class:`alzprog.decode.ImageDecodeError` for any bad input, never another exception.
     """
-    try:
+    with untrusted_parse("volume", "bad_nifti", "the NIfTI volume could not be read"):
         if len(data) == 0:
             raise ImageDecodeError("empty_file", "the uploaded file is empty")
         if len(data) > MAX_INPUT_BYTES:
@@ -114,19 +115,13 @@ def decode_volume(data: bytes) -> Volume:
 
         fh = nib.FileHolder(fileobj=io.BytesIO(data))
         return _volume_from_image(nib.Nifti1Image.from_file_map({"header": fh, "image": fh}))
-    except ImageDecodeError:
-        raise
-    except MemoryError:
-        raise ImageDecodeError("too_many_pixels", "the volume is too large to decode") from None
-    except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes is a 4xx
-        raise ImageDecodeError("bad_nifti", f"the NIfTI volume could not be read ({type(exc).__name__})") from None
 
 
 def _volume_from_image(img) -> Volume:  # noqa: ANN001 - nibabel.Nifti1Image
     """Reorient to RAS+, window once and lay the axial planes out as the OASIS slices."""
     import nibabel as nib
 
-    try:
+    with untrusted_parse("volume", "bad_volume", "the volume could not be read"):
         if len(img.shape) > 3:
             img = img.slicer[(slice(None),) * 3 + (0,) * (len(img.shape) - 3)]
         orientation = "".join(nib.aff2axcodes(img.affine))
@@ -140,12 +135,6 @@ def _volume_from_image(img) -> Volume:  # noqa: ANN001 - nibabel.Nifti1Image
         # columns A (face to the right); slices inferior -> superior.
         slices = np.ascontiguousarray(np.transpose(u8, (2, 0, 1))[:, ::-1, :])
         return Volume(slices=slices, orientation=orientation)
-    except ImageDecodeError:
-        raise
-    except MemoryError:
-        raise ImageDecodeError("too_many_pixels", "the volume is too large to decode") from None
-    except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes is a 4xx
-        raise ImageDecodeError("bad_volume", f"the volume could not be read ({type(exc).__name__})") from None
 
 
 def _dicom_series_image(data: bytes):  # noqa: ANN202 - nibabel.Nifti1Image
