@@ -169,18 +169,18 @@ def attach_reference(model_dir: str | Path, model: Any, train_df: Any, val_ds: A
 
     ``val_ds`` is the validation ``StageSliceDataset``; the training slices are read through the
     same canonical cache, size and normalisation, unaugmented. The features come from the
-    training's own feature cache (``alzprog.training.classifier._cached_features``): when the
+    training's own feature cache (``alzprog.training.classifier.cached_features``): when the
     backbone did not change after phase 1 they are read back, not recomputed. ``model`` is moved
     to ``device`` for them and back to the CPU.
     """
     from alzprog.data.dataset import StageSliceDataset
-    from alzprog.training.classifier import _cached_features
+    from alzprog.training.classifier import cached_features
 
     train_ds = StageSliceDataset(train_df, val_ds.cache, val_ds.size, False, val_ds.mean, val_ds.std, pixels=True)
     model.to(device)
     try:
-        tf = _cached_features(model, train_ds, device, batch_size, False, "OOD reference (train)", False)
-        vf = _cached_features(model, val_ds, device, batch_size, False, "OOD reference (val)", False)
+        tf = cached_features(model, train_ds, device, batch_size, False, "OOD reference (train)", False)
+        vf = cached_features(model, val_ds, device, batch_size, False, "OOD reference (val)", False)
     finally:
         model.to("cpu")
     ref = fit_reference(tf, vf)

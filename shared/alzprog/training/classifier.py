@@ -501,7 +501,7 @@ def pooled_features(model: nn.Module, ds, device: torch.device, batch_size: int,
     return torch.cat(chunks).numpy()
 
 
-def _cached_features(model: nn.Module, ds, device: torch.device, batch_size: int, amp: bool, desc: str,
+def cached_features(model: nn.Module, ds, device: torch.device, batch_size: int, amp: bool, desc: str,
                      progress: bool) -> np.ndarray:
     """:func:`pooled_features`, kept on disk under ``<data_home>/cache/features-<key>.npy``.
 
@@ -542,8 +542,8 @@ def _head_on_cached_features(model, train_ds, val_ds, train_df, val_labels, val_
     computes the same (small) thing, so no gradient needs to be shared."""
     bs = int(cfg.get("eval_batch_size", 64))
     t0 = time.time()
-    ftrain = torch.from_numpy(_cached_features(model, train_ds, device, bs, amp, "phase1 features (train)", progress))
-    fval = torch.from_numpy(_cached_features(model, val_ds, device, bs, amp, "phase1 features (val)", progress))
+    ftrain = torch.from_numpy(cached_features(model, train_ds, device, bs, amp, "phase1 features (train)", progress))
+    fval = torch.from_numpy(cached_features(model, val_ds, device, bs, amp, "phase1 features (val)", progress))
     feature_seconds = pass_seconds = time.time() - t0
     ytrain = torch.as_tensor(np.array(train_ds.labels))
     classifier = model.classifier.to(device)
