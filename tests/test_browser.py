@@ -83,6 +83,17 @@ def _wait_idle(page, timeout_ms: int = 120000) -> None:
     page.wait_for_selector("body[aria-busy='false']", state="attached", timeout=timeout_ms)
 
 
+def _upload_volume(page, path: Path, api_calls: list[str]) -> dict:
+    """Upload a volume file; the page must send exactly one /api/volume request, answered 200."""
+    with page.expect_response(lambda r: "/api/volume" in r.url, timeout=180000) as info:
+        page.set_input_files("#file-input", str(path))
+    assert info.value.status == 200, info.value.text()
+    out = info.value.json()
+    _wait_idle(page, 180000)
+    assert api_calls == [info.value.url], api_calls
+    return out
+
+
 def _record_api_calls(page) -> list[str]:
     """The URLs of every request the page sends to the API (filled as they go)."""
     calls: list[str] = []
@@ -356,12 +367,7 @@ def test_page_stages_a_whole_nifti_volume_and_lists_its_slices(live_stack, brows
     context, page, watch = _open(browser, live_stack["frontend"] + "/", DESKTOP)
     api_calls = _record_api_calls(page)
     try:
-        with page.expect_response(lambda r: "/api/volume" in r.url, timeout=180000) as info:
-            page.set_input_files("#file-input", str(named))
-        assert info.value.status == 200, info.value.text()
-        out = info.value.json()
-        _wait_idle(page, 180000)
-        assert api_calls == [info.value.url], api_calls
+        out = _upload_volume(page, named, api_calls)
         assert page.inner_text("#stage-name") == out["stage"]
         assert page.is_visible("#volume")
         rows = page.locator("#slices-table tbody tr")
@@ -392,12 +398,7 @@ def test_page_sends_a_zipped_dicom_series_to_the_volume_route_and_lists_its_slic
     api_calls = _record_api_calls(page)
     try:
         page.uncheck("#opt-progression")
-        with page.expect_response(lambda r: "/api/volume" in r.url, timeout=180000) as info:
-            page.set_input_files("#file-input", str(named))
-        assert info.value.status == 200, info.value.text()
-        out = info.value.json()
-        _wait_idle(page, 180000)
-        assert api_calls == [info.value.url], api_calls
+        out = _upload_volume(page, named, api_calls)
         assert out["volume"]["source_orientation"] == "LPS"
         rows = page.locator("#slices-table tbody tr")
         assert rows.count() == len(out["slices"])
