@@ -150,6 +150,17 @@ def _retrieve(task: "asyncio.Future[Any]") -> None:
         log.info("speculative chain failed", extra={"error": type(task.exception()).__name__})
 
 
+def _start_stage(form: str | None, query: str | None) -> int | None:
+    """The stage a chain starts from, as the form field or the query names it; None: the predicted one."""
+    requested = form if form is not None else query
+    if requested is None or not requested.strip():
+        return None
+    try:
+        return stage_index(requested)
+    except ValueError:
+        raise ServiceError(422, "bad_stage", f"from_stage must be one of {', '.join(STAGES)}, a slug (nd, vmd, md, mod) or 0-3") from None
+
+
 def _bool(*values: bool | None) -> bool:
     return any(bool(v) for v in values if v is not None)
 
@@ -404,13 +415,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         s = svc(request)
         timing = ServerTiming()
         t0 = time.perf_counter()
-        requested = from_stage if from_stage is not None else from_stage_q
-        start: int | None = None
-        if requested is not None and requested.strip():
-            try:
-                start = stage_index(requested)
-            except ValueError:
-                raise ServiceError(422, "bad_stage", f"from_stage must be one of {', '.join(STAGES)}, a slug (nd, vmd, md, mod) or 0-3") from None
+        start = _start_stage(from_stage, from_stage_q)
         want_tta = _bool(tta, tta_q)
         # The upload is resolved even while a backend's circuit is open: its answer may be cached.
         with timing.phase("upload"):
@@ -510,13 +515,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         s = svc(request)
         timing = ServerTiming()
         t0 = time.perf_counter()
-        requested = from_stage if from_stage is not None else from_stage_q
-        start: int | None = None
-        if requested is not None and requested.strip():
-            try:
-                start = stage_index(requested)
-            except ValueError:
-                raise ServiceError(422, "bad_stage", f"from_stage must be one of {', '.join(STAGES)}, a slug (nd, vmd, md, mod) or 0-3") from None
+        start = _start_stage(from_stage, from_stage_q)
         want_chain = progression if progression is not None else (progression_q if progression_q is not None else True)
         want_explain = _bool(explain, explain_q)
         with timing.phase("upload"):

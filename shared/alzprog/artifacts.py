@@ -61,38 +61,22 @@ def export_onnx_model(model: nn.Module, example_input: torch.Tensor, path: Path,
     """Export ``model`` to ONNX with a dynamic batch axis (input ``input``, output ``logits``).
 
     The TorchScript-based exporter is tried first: on the convolutional models of this project
-    it is fast (about a second) and exact; the dynamo exporter is the fallback.
+    it is exact and needs no graph capture; the dynamo exporter is the fallback for what it cannot trace.
     """
     path = Path(path)
     model = model.eval()
+    io = {"input_names": ["input"], "output_names": ["logits"]}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (example_input,),
-                str(path),
-                input_names=["input"],
-                output_names=["logits"],
-                opset_version=opset,
-                dynamo=False,
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            )
+            torch.onnx.export(model, (example_input,), str(path), **io, opset_version=opset, dynamo=False,
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
         return
     except Exception as exc:  # noqa: BLE001 - fall back to the other exporter
         log.warning("TorchScript ONNX export failed (%s); trying the dynamo exporter", exc)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(
-        model,
-        (example_input,),
-        str(path),
-        input_names=["input"],
-        output_names=["logits"],
-        opset_version=max(opset, 18),
-        dynamo=True,
-        external_data=False,
-        dynamic_shapes=({0: batch},),
-    )
+    torch.onnx.export(model, (example_input,), str(path), **io, opset_version=max(opset, 18), dynamo=True,
+                      external_data=False, dynamic_shapes=({0: batch},))
 
 
 def onnx_parity(onnx_path: Path, model: nn.Module, example_input: torch.Tensor) -> float:
