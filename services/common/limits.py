@@ -26,6 +26,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common.asgi import scope_header
 from services.common.errors import error_response
 
 _BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -114,11 +115,7 @@ class BodyLimitMiddleware:
 
 def _multipart_starts_early(scope: Scope, body: bytes, preamble_max: int) -> bool:
     """False when a multipart/form-data body's first boundary is missing or starts late."""
-    ctype = b""
-    for k, v in scope.get("headers", ()):
-        if k == b"content-type":
-            ctype = v
-            break
+    ctype = scope_header(scope, b"content-type")
     if not ctype.lower().startswith(b"multipart/form-data"):
         return True
     boundary = None

@@ -19,6 +19,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.common.asgi import scope_header
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 # A caller-supplied request id is kept only when it is short and plain, so it cannot smuggle
@@ -85,11 +86,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        supplied = ""
-        for k, v in scope.get("headers", ()):
-            if k == b"x-request-id":
-                supplied = v.decode("latin-1")
-                break
+        supplied = scope_header(scope, b"x-request-id").decode("latin-1")
         rid = supplied if _SAFE_REQUEST_ID.match(supplied or "") else new_request_id()
         token = request_id_var.set(rid)
         scope.setdefault("state", {})["request_id"] = rid

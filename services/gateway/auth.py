@@ -15,6 +15,7 @@ import logging
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.common.asgi import scope_header
 from services.common.errors import error_response
 from services.gateway.ratelimit import RateLimiter
 
@@ -44,11 +45,7 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or not self.keys or not scope.get("path", "").startswith(PROTECTED_PREFIXES):
             await self.app(scope, receive, send)
             return
-        given = ""
-        for k, v in scope.get("headers", ()):
-            if k == b"x-api-key":
-                given = v.decode("latin-1")
-                break
+        given = scope_header(scope, b"x-api-key").decode("latin-1")
         name = match_key(given, self.keys) if given else None
         if name is None:
             log.info("request refused: missing or unknown API key")
