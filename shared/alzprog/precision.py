@@ -26,7 +26,7 @@ from scipy import ndimage as ndi
 
 # Bounds on |bf16 - fp32| of the uint8 output over the probes' brain pixels, in grey levels.
 # They sit well above what bf16 does to the served generators (a few pixels off by one level;
-# measured with scripts/measure_bf16_fidelity.py, figures in docs/performance.md) and refuse a
+# measured with benchmarks/measure_bf16_fidelity.py, figures in docs/performance.md) and refuse a
 # model whose output bf16 visibly changes (a high-gain head: tests/test_precision.py).
 BF16_TOLERANCE = {"mean_abs": 0.5, "p999_abs": 4.0}
 

@@ -59,7 +59,7 @@ LITE_ARCHS = tuple(VARIANTS)
 
 # Input normalisation of the packaged ImageNet weights, on RGB scaled to [0, 1]: (x - 127) / 128
 # in 8-bit terms, TF EfficientNet-Lite's own. Chosen by measurement on natural photographs
-# (scripts/measure_lite_normalisation.py; docs/classifier.md has the figures).
+# (benchmarks/measure_lite_normalisation.py; docs/classifier.md has the figures).
 INPUT_MEAN: tuple[float, float, float] = (127.0 / 255.0,) * 3
 INPUT_STD: tuple[float, float, float] = (128.0 / 255.0,) * 3
 

@@ -1,6 +1,6 @@
 """Gateway ``/predict`` latency: cache miss, cache hit, and a hit on new bytes of known pixels.
 
-    .venv/bin/python scripts/measure_gateway_cache.py --n 40
+    .venv/bin/python benchmarks/measure_gateway_cache.py --n 40
 
 Starts its own classifier (an untrained model seeded into a temporary model cache, MLflow
 unreachable) and gateway (``python -m services.gateway``, Redis at ``--redis-url`` under a

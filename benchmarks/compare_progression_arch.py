@@ -18,10 +18,10 @@ training steps through the trainer's own ``gan_step`` (generator + quick-preset 
 of 128 x 128 crops). The architectures are timed in alternating rounds, so a change in the load
 of a shared machine hits them alike; the median over rounds is reported.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/compare_progression_arch.py --split SPLIT --max-pairs 48 \
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/compare_progression_arch.py --split SPLIT --max-pairs 48 \
         --out OUT lite=RUNS/lite60 unet=RUNS/unet60 --arch lite:16:4 --arch unet:16:3
     # cost only (no runs):
-    OMP_WAIT_POLICY=ACTIVE .venv/bin/python scripts/compare_progression_arch.py --split SPLIT --out OUT --arch lite:16:4
+    OMP_WAIT_POLICY=ACTIVE .venv/bin/python benchmarks/compare_progression_arch.py --split SPLIT --out OUT --arch lite:16:4
 
 Writes ``OUT/comparison.json`` and ``OUT/comparison.md``; one ``OUT/<label>/report.json`` each.
 Nothing is registered or logged to MLflow.

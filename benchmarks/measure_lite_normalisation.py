@@ -5,7 +5,7 @@ astronaut, rocket, motorcycle, cameraman) to the converted ImageNet Lite weights
 and prints the top-5 labels with probabilities and the mean prediction entropy. The right
 normalisation gives confident, correct labels (docs/classifier.md quotes the output):
 
-    OMP_NUM_THREADS=1 .venv/bin/python scripts/measure_lite_normalisation.py [--arch efficientnet_lite0]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/measure_lite_normalisation.py [--arch efficientnet_lite0]
 
 Images are resized (shorter side to size + 32) and centre-cropped to the arch's native size,
 as the TF EfficientNet evaluation does.

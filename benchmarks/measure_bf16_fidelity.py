@@ -5,7 +5,7 @@ slices stays within ``alzprog.precision.BF16_TOLERANCE`` of fp32. This script me
 same figures on real slices, to check that the probes stand for them and that the tolerance
 is meaningful (docs/performance.md quotes its output):
 
-    .venv/bin/python scripts/measure_bf16_fidelity.py ARTIFACT_DIR [ARTIFACT_DIR ...] \\
+    .venv/bin/python benchmarks/measure_bf16_fidelity.py ARTIFACT_DIR [ARTIFACT_DIR ...] \\
         --images ../shared/oasis-samples/Data
 
 For every artifact (a folder with ``model.safetensors`` + ``config.json``, e.g. the ``model/``

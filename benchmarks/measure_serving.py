@@ -1,6 +1,6 @@
 """Latency figures of a running stack (``make run``): cached vs uncached, and under failures.
 
-    .venv/bin/python scripts/measure_serving.py --gateway http://127.0.0.1:8000 --sample slice.jpg
+    .venv/bin/python benchmarks/measure_serving.py --gateway http://127.0.0.1:8000 --sample slice.jpg
 
 Measures, each over ``--n`` requests: ``/predict`` uncached (a fresh image each time) and
 cached, ``/progression`` uncached and cached, then the answer time of ``/progression`` with
