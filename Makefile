@@ -40,7 +40,7 @@ bench-scale: setup
 	$(BIN)/python benchmarks/scale.py --work $(SCALE_WORK)
 
 loadtest: setup
-	$(BIN)/python scripts/loadtest.py
+	$(BIN)/python -m benchmarks.loadtest
 
 compose-check: setup
 	$(BIN)/python scripts/validate_deploy.py

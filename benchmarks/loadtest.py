@@ -349,7 +349,6 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=None, help="result folder (default DATA/loadtest)")
     args = p.parse_args()
     url = args.url.rstrip("/")
-    sys.path.insert(0, str(REPO))  # services.* for the capacity settings
 
     started = None
     cache_prefix = os.environ.get("GATEWAY_CACHE_PREFIX") or f"alzprog-loadtest-{uuid.uuid4().hex[:8]}"
