@@ -109,6 +109,66 @@ def sample_bytes(oasis_sample_files) -> bytes:
     return nd[0].read_bytes()
 
 
+class CountingListener:
+    """A local TCP port that accepts every connection and counts it, then either hangs up at
+    once (``hold=False``: a backend or Redis that dies on each request) or keeps it open and
+    never answers (``hold=True``: a black hole). The count is what the gateway really tried."""
+
+    def __init__(self, hold: bool) -> None:
+        import threading
+
+        self.hold = hold
+        self.accepted = 0
+        self._held: list[socket.socket] = []
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self._sock.settimeout(0.05)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return self._sock.getsockname()[1]
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            # Counted before the hang-up: a client that saw the connection fail was counted.
+            self.accepted += 1
+            if self.hold:
+                self._held.append(conn)
+            else:
+                conn.close()
+
+    def wait_for(self, n: int) -> int:
+        """The count once it reaches ``n`` (the accepting thread may lag the client), or as it is
+        after a few seconds."""
+        for _ in range(200):
+            if self.accepted >= n:
+                break
+            time.sleep(0.02)
+        return self.accepted
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for conn in self._held:
+            conn.close()
+        self._sock.close()
+
+
+def cache_events(outcome: str) -> float:
+    """How many times the gateway's result cache recorded ``outcome`` in this process so far."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("alzprog_cache_events_total", {"outcome": outcome}) or 0.0
+
+
 def redis_keys(redis_url: str, prefix: str) -> list[str]:
     return [k.decode() for k in redis.Redis.from_url(redis_url).scan_iter(f"{prefix}*")]
 
@@ -425,7 +485,7 @@ def test_body_limit_413_before_reading_also_chunked_and_exact_limit_accepted(mak
     "kind",
     ["crlf-flood", "huge-part-header", "many-fields", "no-boundary"],
 )
-def test_multipart_abuse_is_refused_quickly_with_4xx(make_gateway, kind):
+def test_multipart_abuse_is_refused_with_4xx(make_gateway, kind):
     gw = make_gateway()
     b = "xyz"
     ctype = f"multipart/form-data; boundary={b}"
@@ -437,12 +497,10 @@ def test_multipart_abuse_is_refused_quickly_with_4xx(make_gateway, kind):
         "no-boundary": part.encode(),
     }
     headers = {"Content-Type": "multipart/form-data" if kind == "no-boundary" else ctype}
-    t0 = time.perf_counter()
     r = gw.post("/predict", content=bodies[kind], headers=headers)
-    elapsed = time.perf_counter() - t0
     assert r.status_code == 400, r.text
-    assert set(r.json()["error"]) == {"code", "message"}
-    assert elapsed < 1.0, f"{kind} took {elapsed:.2f}s"
+    assert set(r.json()) == {"error"} and set(r.json()["error"]) == {"code", "message"}
+    assert r.headers["content-type"] == "application/json"
 
 
 def test_malformed_content_length_is_400(make_gateway):
@@ -463,27 +521,35 @@ def test_redis_down_serves_uncached_and_readiness_reports_degraded(make_gateway,
     assert ready.json()["checks"]["cache"]["status"] == "degraded"
 
 
-def test_blackholed_redis_adds_bounded_latency(make_gateway, sample_bytes):
-    """A Redis port that accepts connections but never answers: requests still succeed."""
-    hole = socket.socket()
-    hole.bind(("127.0.0.1", 0))
-    hole.listen(64)  # never accept(): the kernel completes the handshake, nobody replies
+def test_blackholed_redis_costs_one_timeout_then_is_skipped(make_gateway, sample_bytes):
+    """A Redis that accepts connections but never answers: the first request pays one bounded
+    Redis timeout and is still computed; for the back-off period Redis is then not asked."""
+    warm = make_gateway(redis_url="")
+    expected = warm.post("/predict", files={"file": ("a.jpg", sample_bytes)})  # both backends warm
+    assert expected.status_code == 200
+    hole = CountingListener(hold=True)
     try:
-        gw = make_gateway(redis_url=f"redis://127.0.0.1:{hole.getsockname()[1]}/0", redis_timeout_s=0.2, redis_backoff_s=30)
-        warm = make_gateway(redis_url="")
-        warm.post("/predict", files={"file": ("a.jpg", sample_bytes)})  # both backends warm
-        t0 = time.perf_counter()
+        gw = make_gateway(redis_url=f"redis://127.0.0.1:{hole.port}/0", redis_timeout_s=0.2, redis_backoff_s=30)
+        cache = gw.app.state.svc.cache
+        errors = cache_events("error")
         r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
-        first = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        assert r.status_code == 200 and r.json()["cached"] is False
+        assert r.json()["probabilities"] == pytest.approx(expected.json()["probabilities"], abs=1e-6), "computed without the cache"
+        assert hole.wait_for(1) >= 1, "the gateway did ask the black hole"
+        # One Redis operation timed out; every later one in the request skipped Redis.
+        assert cache_events("error") - errors == 1
+        assert cache.last_error is not None and "Timeout" in cache.last_error, cache.last_error
+        errors, skipped = cache_events("error"), cache_events("skipped")
         r2 = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
-        second = time.perf_counter() - t0
+        assert r2.status_code == 200 and r2.json()["cached"] is False
+        assert r2.json()["probabilities"] == pytest.approx(expected.json()["probabilities"], abs=1e-6)
+        # In the back-off period Redis is not asked at all: no timeout, only skips.
+        assert cache_events("error") == errors
+        assert cache_events("skipped") - skipped >= 2  # the upload record and the result
+        ready = gw.get("/readyz")  # readiness asks Redis anyway and says the cache is degraded
+        assert ready.status_code == 200 and ready.json()["checks"]["cache"]["status"] == "degraded"
     finally:
         hole.close()
-    assert r.status_code == 200 and r2.status_code == 200
-    assert first < 3.0, f"first request with a black-holed Redis took {first:.2f}s"
-    # After one timeout, Redis is skipped for the back-off period: no added latency.
-    assert second < first
 
 
 def test_corrupt_cache_value_is_a_miss(make_gateway, sample_bytes, redis_url, key_prefix):
@@ -497,20 +563,30 @@ def test_corrupt_cache_value_is_a_miss(make_gateway, sample_bytes, redis_url, ke
         assert set(r.json()["probabilities"]) == set(STAGES)
 
 
-def test_dead_classifier_gives_fast_503_with_retry_after(make_gateway, sample_bytes):
-    gw = make_gateway(classifier_url=f"http://127.0.0.1:{dead_port()}", redis_url="", breaker_failures=2, breaker_reset_s=30)
-    for _ in range(2):
+def test_dead_classifier_gives_503_with_retry_after_and_the_open_circuit_stops_calling_it(make_gateway, sample_bytes):
+    """A classifier that hangs up on every connection: 503 backend_unavailable; after
+    ``breaker_failures`` such requests the circuit is open and the next one is answered without
+    a single connection to the classifier."""
+    dead = CountingListener(hold=False)
+    try:
+        gw = make_gateway(classifier_url=f"http://127.0.0.1:{dead.port}", redis_url="", breaker_failures=2, breaker_reset_s=30)
+        breaker = gw.app.state.svc.classifier.breaker
+        for _ in range(2):
+            assert breaker.state == "closed"
+            r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "backend_unavailable"
+        assert breaker.state == "open"
+        tried = dead.accepted
+        assert tried >= 2, "the failing requests did reach the classifier"
         r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
         assert r.status_code == 503 and r.json()["error"]["code"] == "backend_unavailable"
-    # The circuit is open now: answered without touching the network.
-    t0 = time.perf_counter()
-    r = gw.post("/predict", files={"file": ("a.jpg", sample_bytes)})
-    elapsed = time.perf_counter() - t0
-    assert r.status_code == 503
-    assert int(r.headers["Retry-After"]) >= 1
-    assert elapsed < 0.5, f"open circuit answered in {elapsed:.3f}s"
-    ready = gw.get("/readyz")
-    assert ready.status_code == 503 and ready.json()["checks"]["classifier"]["ready"] is False
+        assert int(r.headers["Retry-After"]) >= 1
+        assert dead.accepted == tried, "an open circuit must not touch the network"
+        ready = gw.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["classifier"]["ready"] is False
+        assert ready.json()["checks"]["classifier"]["circuit"] == "open" and ready.headers["Retry-After"] == "2"
+    finally:
+        dead.close()
 
 
 # ----------------------------------------------------------------------------- access
@@ -558,14 +634,20 @@ def test_two_gateway_replicas_sharing_redis_allow_one_limit_together(make_gatewa
 
 def test_rate_limit_falls_back_to_each_process_when_redis_is_down_and_says_so_once(make_gateway, sample_bytes, capfd):
     key = "k" * 24
-    dead = f"redis://127.0.0.1:{dead_port()}/0"
-    a = make_gateway(api_keys=f"web:{key}", rate_limit_burst=2, rate_limit_per_minute=1, redis_url=dead, redis_backoff_s=30)
-    b = make_gateway(api_keys=f"web:{key}", rate_limit_burst=2, rate_limit_per_minute=1, redis_url=dead, redis_backoff_s=30)
-    for gw in (a, b):
-        t0 = time.perf_counter()
-        codes = [gw.post("/predict", files={"file": ("a.jpg", sample_bytes)}, headers={"X-API-Key": key}).status_code for _ in range(3)]
-        assert codes == [200, 200, 429], codes  # each process enforces the limit on its own
-        assert time.perf_counter() - t0 < 3.0
+    hangup = CountingListener(hold=False)  # a Redis that drops every connection
+    try:
+        dead = f"redis://127.0.0.1:{hangup.port}/0"
+        a = make_gateway(api_keys=f"web:{key}", rate_limit_burst=2, rate_limit_per_minute=1, redis_url=dead, redis_backoff_s=30)
+        b = make_gateway(api_keys=f"web:{key}", rate_limit_burst=2, rate_limit_per_minute=1, redis_url=dead, redis_backoff_s=30)
+        for gw in (a, b):
+            before = hangup.accepted
+            codes = [gw.post("/predict", files={"file": ("a.jpg", sample_bytes)}, headers={"X-API-Key": key}).status_code for _ in range(3)]
+            assert codes == [200, 200, 429], codes  # each process enforces the limit on its own
+            # Redis is tried once by the rate limiter and once by the result cache; then both
+            # skip it for the back-off period instead of failing on every request.
+            assert hangup.accepted - before == 2
+    finally:
+        hangup.close()
     logs = "".join(capfd.readouterr())
     assert logs.count("rate limits per process: Redis unavailable") == 2, "one line per gateway, not per request"
 
