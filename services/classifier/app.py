@@ -59,7 +59,7 @@ class ClassifierState:
         self.concurrency = settings.max_concurrency or available_cpus()
         providers = choose_providers(settings.providers)
         threads = thread_policy(settings.intra_op_threads, self.concurrency)
-        self.slot: ModelSlot[ClassifierRuntime] = ModelSlot(SERVICE, settings.model_name, settings.alias, make_loader(providers, threads))
+        self.slot: ModelSlot[ClassifierRuntime] = ModelSlot(SERVICE, settings.model_name, settings.alias, make_loader(providers, threads, settings.precision))
         self.watcher = SlotWatcher([self.slot], poll_s=settings.poll_seconds, retry_s=settings.retry_seconds)
         # With batching, a worker serves up to batch_max_size requests at once.
         admitted = self.concurrency * settings.batch_max_size
@@ -83,7 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.watcher.start()
         if state.batcher is not None:
             state.batcher.start()
-        log.info("classifier starting", extra={"concurrency": state.concurrency, "threads": state.threads.describe(), "providers": state.providers})
+        log.info("classifier starting", extra={"concurrency": state.concurrency, "threads": state.threads.describe(),
+                                               "providers": state.providers, "precision_setting": settings.precision})
         yield
         state.watcher.stop()
         if state.batcher is not None:
@@ -104,7 +105,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def models(request: Request) -> tuple[dict[str, Any], list[dict[str, Any]], float]:
         s = svc(request)
         info = s.slot.info()
-        return {"model": info}, [info], s.settings.retry_seconds
+        cur = s.slot.current
+        body = {**info, "precision": cur.model.precision if cur else None}
+        return {"model": body}, [info], s.settings.retry_seconds
 
     add_model_health_routes(app, models, "a model is loaded and warmed up")
 
@@ -118,6 +121,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "ready": cur is not None and not Lifecycle.draining,
             "models": [s.slot.info()],
             "backend": cur.model.backend if cur else None,
+            "precision": {"setting": s.settings.precision, "serving": cur.model.precision if cur else None,
+                          "reason": cur.model.precision_reason if cur else None,
+                          "int8_check": cur.model.int8_check if cur else None},
             "providers": cur.model.providers if cur else s.providers,
             "batching": {"max_size": s.settings.batch_max_size, "max_wait_ms": s.settings.batch_max_wait_ms,
                          "batches": s.batcher.batches if s.batcher else 0, "items": s.batcher.items if s.batcher else 0},

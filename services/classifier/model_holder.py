@@ -20,7 +20,7 @@ import numpy as np
 from alzprog.artifacts import ONNX_FILE
 from alzprog.constants import STAGES
 from alzprog.inference.classifier import calibrated_probabilities, explain_stage
-from alzprog.inference.runtime import ThreadPolicy, make_session, prepare_session, run_session
+from alzprog.inference.runtime import ThreadPolicy, choose_precision, make_session, prepare_session, run_session
 from alzprog.ood import feature_graph, load_reference
 
 from services.common.model_slot import ModelRef
@@ -31,7 +31,7 @@ log = logging.getLogger("classifier.model")
 class ClassifierRuntime:
     """One loaded classifier version: ``predict`` (ONNX Runtime) and ``explain`` (Grad-CAM)."""
 
-    def __init__(self, ref: ModelRef, providers: list[str], threads: ThreadPolicy) -> None:
+    def __init__(self, ref: ModelRef, providers: list[str], threads: ThreadPolicy, precision: str = "auto") -> None:
         cfg = ref.config
         if cfg.get("kind") != "stage_classifier":
             raise ValueError(f"{ref.name} v{ref.version} is not a stage classifier (kind={cfg.get('kind')!r})")
@@ -54,8 +54,15 @@ class ClassifierRuntime:
         self.ood = load_reference(ref.local_dir)
         self._feature_output = False
         self._graph_dir: tempfile.TemporaryDirectory | None = None
+        self.precision = "fp32"
+        self.precision_reason = "no ONNX graph: PyTorch fp32"
+        self.int8_check: dict[str, Any] | None = None
         if self.backend == "onnxruntime":
-            if self.ood is not None:
+            int8_path = self._choose_precision(onnx_path, precision, providers)
+            if int8_path is not None:
+                onnx_path = int8_path
+                self._feature_output = self.ood is not None and _graph_outputs(onnx_path) > 1
+            elif self.ood is not None:
                 onnx_path = self._feature_session_path(onnx_path)
             self.session = make_session(onnx_path, providers, threads)
             self.input_name = self.session.get_inputs()[0].name
@@ -68,6 +75,31 @@ class ClassifierRuntime:
         if self.session is not None:
             prepare_session(self.session, {self.input_name: self._input(probe)})
         self.warmup_s = time.perf_counter() - t0
+
+    def _choose_precision(self, onnx_path: Path, setting: str, providers: list[str]) -> Path | None:
+        """The int8 graph to serve under ``setting``, or None for fp32 (``precision`` and
+        ``precision_reason`` say which and why). Raises ``PrecisionUnavailable`` for a forced int8
+        without a passing check: the slot then refuses this version."""
+        from alzprog.hashing import sha256_file
+
+        variant, why_not = None, ""
+        if setting != "fp32":
+            from alzprog.registry import resolve_int8
+
+            try:
+                variant = resolve_int8(self.ref.name, self.ref.version, sha256_file(onnx_path),
+                                       offline=self.ref.source == "cache")
+            except Exception as exc:  # noqa: BLE001 - registry down or a bad download: no int8 this time
+                why_not = f"its int8 graph could not be fetched ({type(exc).__name__}: {str(exc)[:120]})"
+            if variant is not None:
+                self.int8_check = (variant.record.get("check") or {}) | {
+                    "calibration_slices": (variant.record.get("calibration") or {}).get("slices"),
+                    "format": (variant.record.get("quantization") or {}).get("format"),
+                    "run_id": variant.record.get("run_id"),
+                }
+        choice = choose_precision(setting, None if variant is None else variant.passed, providers, why_not)
+        self.precision, self.precision_reason = choice.precision, choice.reason
+        return variant.path if choice.precision == "int8" and variant is not None else None
 
     def _feature_session_path(self, onnx_path: Path) -> Path:
         """The graph to serve: the model's own, with the pooled features as a second output when
@@ -183,14 +215,22 @@ class ClassifierRuntime:
         }
 
 
-def make_loader(providers: list[str], threads: ThreadPolicy):  # noqa: ANN201
-    """The ``ModelSlot`` loader: ``ModelRef`` -> warmed-up ``ClassifierRuntime``."""
+def _graph_outputs(path: Path) -> int:
+    import onnx
+
+    return len(onnx.load(str(path), load_external_data=False).graph.output)
+
+
+def make_loader(providers: list[str], threads: ThreadPolicy, precision: str = "auto"):  # noqa: ANN201
+    """The ``ModelSlot`` loader: ``ModelRef`` -> warmed-up ``ClassifierRuntime`` at ``precision``."""
 
     def load(ref: ModelRef) -> ClassifierRuntime:
-        runtime = ClassifierRuntime(ref, providers, threads)
+        runtime = ClassifierRuntime(ref, providers, threads, precision)
         log.info(
             "classifier ready",
-            extra={"version": ref.version, "backend": runtime.backend, "providers": runtime.providers, "warmup_s": round(runtime.warmup_s, 3)},
+            extra={"version": ref.version, "backend": runtime.backend, "providers": runtime.providers,
+                   "precision": runtime.precision, "precision_reason": runtime.precision_reason,
+                   "warmup_s": round(runtime.warmup_s, 3)},
         )
         return runtime
 

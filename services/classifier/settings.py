@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +28,12 @@ class Settings(BaseSettings):
     max_queue: int = Field(16, ge=0, description="requests allowed to wait; more are refused with 503")
     queue_timeout_s: float = Field(10.0, gt=0)
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per inference; 0 = adaptive: all CPUs for a lone request, CPUs / concurrency when requests overlap")
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto",
+        description="'auto' serves the model's int8 graph where its recorded admission check passed (alzprog serving "
+        "quantize; CPU provider only), else fp32; 'fp32' never int8; 'int8' refuses a version without a passing check "
+        "(not ready, /readyz says why) rather than serve fp32 unasked",
+    )
     providers: str = Field("auto", description="'auto' (CUDA when present, else CPU) or a comma list of ORT providers")
     batch_max_size: int = Field(1, ge=1, le=256, description="dynamic batching: 1 = off; >1 gathers concurrent requests")
     batch_max_wait_ms: float = Field(2.0, ge=0, le=1000, description="how long a batch waits for company")

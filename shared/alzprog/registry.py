@@ -475,3 +475,147 @@ def store_in_cache(local_dir: str | Path, name: str, version: str | int, alias: 
     _write_json_atomic(_pointer_path(name, alias, reg_uri),
                        {"name": name, "alias": alias, "version": ident.version, "entry": ident.entry})
     return target
+
+
+# --------------------------------------------------------------------------- int8 variants
+# Model-version tags of the int8 graph of a version (alzprog.quantization): the check as JSON
+# (figures, tolerance, calibration, provenance, the run holding the graph), and pass/fail alone.
+INT8_CHECK_TAG = "alzprog.int8.check"
+INT8_PASSED_TAG = "alzprog.int8.passed"
+INT8_ARTIFACT_PATH = "int8"
+
+
+@dataclass(frozen=True)
+class Int8Variant:
+    """The int8 graph of one registered version, on local disk and digest-checked, with its check."""
+
+    path: Path
+    record: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return bool((self.record.get("check") or {}).get("passed"))
+
+
+def record_int8(name: str, version: str | int, folder: str | Path, record: dict[str, Any]) -> str:
+    """Log an int8 folder (``model_int8.onnx`` + ``int8_check.json``) as the artifacts of a new run
+    of the classifier experiment and tag the version with the check; returns the run id.
+
+    The version's own files stay as registered (their digests are the version's identity); the
+    int8 graph is found through :data:`INT8_CHECK_TAG`, whose ``int8_sha256`` every download is
+    checked against.
+    """
+    from alzprog.constants import CLASSIFIER_EXPERIMENT
+
+    c = client()
+    run = c.create_run(ensure_experiment(CLASSIFIER_EXPERIMENT), run_name=f"int8 {name} v{version}",
+                       tags={"alzprog.kind": "int8_quantization", "model": name, "model_version": str(version)})
+    run_id = run.info.run_id
+    check = record.get("check") or {}
+    try:
+        for k in ("macro_f1_fp32", "macro_f1_int8", "max_abs_prob", "mean_abs_prob", "slice_agreement", "subject_agreement"):
+            if isinstance(check.get(k), (int, float)):
+                c.log_metric(run_id, f"int8_{k}", float(check[k]))
+        c.log_param(run_id, "calibration_slices", str((record.get("calibration") or {}).get("slices")))
+        c.log_param(run_id, "format", str((record.get("quantization") or {}).get("format")))
+        c.log_artifacts(run_id, str(folder), artifact_path=INT8_ARTIFACT_PATH)
+        c.set_terminated(run_id, "FINISHED")
+    except Exception:
+        c.set_terminated(run_id, "FAILED")
+        raise
+    full = {**record, "run_id": run_id, "artifact_path": INT8_ARTIFACT_PATH}
+    set_version_tag(name, version, INT8_CHECK_TAG, json.dumps(full, sort_keys=True))
+    set_version_tag(name, version, INT8_PASSED_TAG, "true" if check.get("passed") else "false")
+    log.info("int8 check of %s v%s recorded (run %s): %s", name, version, run_id, "passed" if check.get("passed") else "failed")
+    return run_id
+
+
+def int8_record(name: str, version: str | int) -> dict[str, Any] | None:
+    """The int8 check recorded on a version (:data:`INT8_CHECK_TAG`), or None when there is none."""
+    raw = get_version_tags(name, version).get(INT8_CHECK_TAG)
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        log.warning("int8 check tag of %s v%s is not JSON; ignored", name, version)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _int8_folder(name: str, version: str | int, fp32_onnx_sha256: str, uri: str | None = None) -> Path:
+    # Keyed by the fp32 graph it was made from: another version or registry never shares it.
+    return _name_root(name, uri) / str(version) / f"int8-{fp32_onnx_sha256[:20]}"
+
+
+def _verified_int8(folder: Path, record: dict[str, Any], fp32_onnx_sha256: str) -> Path | None:
+    from alzprog.hashing import sha256_file
+
+    path = folder / str(record.get("int8_file") or "model_int8.onnx")
+    if record.get("fp32_onnx_sha256") != fp32_onnx_sha256:
+        return None
+    if not path.is_file() or sha256_file(path) != record.get("int8_sha256"):
+        return None
+    return path
+
+
+def resolve_int8(name: str, version: str | int, fp32_onnx_sha256: str, offline: bool = False) -> Int8Variant | None:
+    """The int8 graph recorded for ``name`` v``version``, verified, or None when there is none.
+
+    The registry's tag is the truth: its record must name the fp32 graph being served
+    (``fp32_onnx_sha256``) and the downloaded file must have the recorded ``int8_sha256``. The
+    download is cached beside the version's cache entry with the record; ``offline`` (the registry
+    is unreachable, the service serves a cached version) uses only that cached copy, re-verified.
+    """
+    import mlflow.artifacts
+
+    reg_uri = tracking_uri()
+    folder = _int8_folder(name, version, fp32_onnx_sha256, reg_uri)
+    record_path = folder.with_name(folder.name + ".json")
+    if offline:
+        record = _read_json(record_path)
+        if record is None:
+            return None
+        path = _verified_int8(folder, record, fp32_onnx_sha256)
+        return Int8Variant(path, record) if path is not None else None
+    record = int8_record(name, version)
+    if record is None:
+        return None
+    if record.get("fp32_onnx_sha256") != fp32_onnx_sha256:
+        log.warning("int8 check of %s v%s was made from another fp32 graph; ignored", name, version)
+        return None
+    path = _verified_int8(folder, record, fp32_onnx_sha256)
+    if path is not None and _read_json(record_path) == record:
+        return Int8Variant(path, record)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        mlflow.artifacts.download_artifacts(run_id=record["run_id"], artifact_path=record.get("artifact_path", INT8_ARTIFACT_PATH),
+                                            dst_path=str(tmp), tracking_uri=reg_uri)
+        got = next((p for p in (tmp / record.get("artifact_path", INT8_ARTIFACT_PATH), tmp) if p.is_dir()
+                    and (p / str(record.get("int8_file") or "model_int8.onnx")).is_file()), None)
+        if got is None or _verified_int8(got, record, fp32_onnx_sha256) is None:
+            raise ArtifactIntegrityError(f"{name} v{version}: the downloaded int8 graph differs from the recorded sha256")
+        record_path.unlink(missing_ok=True)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(got, folder)
+        _write_json_atomic(record_path, record)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Int8Variant(folder / str(record.get("int8_file") or "model_int8.onnx"), record)
+
+
+def download_run_split(run_id: str | None, dst: str | Path) -> Path:
+    """The split folder (``train.csv``, ``val.csv``, ``test.csv``) logged with a training run."""
+    import mlflow.artifacts
+
+    if not run_id:
+        raise LookupError("the model version has no training run to take its split from; pass the split folder")
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="split", dst_path=str(dst), tracking_uri=tracking_uri())
+    folder = dst / "split"
+    if not (folder / "test.csv").is_file():
+        raise LookupError(f"run {run_id} has no split/test.csv artifact; pass the split folder")
+    return folder

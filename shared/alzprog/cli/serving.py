@@ -1,4 +1,5 @@
-"""Command ``alzprog bootstrap``: train, register and promote demo champions when none exist."""
+"""Commands ``alzprog bootstrap`` (train, register and promote demo champions when none exist) and
+``alzprog serving quantize`` (the int8 graph of a registered classifier and its admission check)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,30 @@ def register(groups: dict[str, argparse._SubParsersAction], top: argparse._SubPa
                    help="only run the evaluation a --no-evaluate bootstrap left pending")
     p.set_defaults(func=_bootstrap)
 
+    serving = top.add_parser("serving", help="prepare registered models for serving")
+    sub = serving.add_subparsers(dest="serving_command", metavar="COMMAND")
+    serving.set_defaults(func=lambda args, p=serving: (p.print_help(), 2)[1])
+    q = sub.add_parser(
+        "quantize",
+        help="build the int8 ONNX of a registered stage classifier, check it against fp32, record both",
+        description="Static int8 quantization (ONNX Runtime, per-channel weights) of a registered stage classifier, "
+        "calibrated on training slices of its own split; then fp32 and int8 are compared on the split's held-out test "
+        "subjects (subject macro-F1, calibrated probabilities, OOD flags) against alzprog.quantization.INT8_TOLERANCE. "
+        "The int8 graph and the check are recorded on the version (a new run's artifacts, version tags), passed or "
+        "not; the classifier service serves int8 only where it passed (CLASSIFIER_PRECISION). Exit 0 when the check "
+        "passed, 1 when it did not.",
+    )
+    q.add_argument("--model", default=None, help="registered model name (default: the stage classifier)")
+    which = q.add_mutually_exclusive_group()
+    which.add_argument("--version", default=None, help="model version number")
+    which.add_argument("--alias", default=None, help="model alias (default: champion)")
+    q.add_argument("--split", type=Path, default=None,
+                   help="the model's split folder (default: the split logged with its training run)")
+    q.add_argument("--calibration-slices", type=int, default=None, help="training slices to calibrate on (default 128)")
+    q.add_argument("--format", choices=("qdq", "qoperator"), default=None, help="ONNX quantization format (default qdq)")
+    q.add_argument("--out", type=Path, default=None, help="also keep the int8 graph and the check JSON in this folder")
+    q.set_defaults(func=_quantize)
+
 
 def _bootstrap(args: argparse.Namespace) -> int:
     from alzprog.bootstrap import bootstrap, champion_versions, evaluate_pending
@@ -45,3 +70,26 @@ def _bootstrap(args: argparse.Namespace) -> int:
     for line in report.trained:
         print(f"trained: {line}")
     return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    import json
+
+    from alzprog import quantization
+    from alzprog.constants import CHAMPION_ALIAS, CLASSIFIER_MODEL_NAME
+
+    name = args.model or CLASSIFIER_MODEL_NAME
+    uri = f"models:/{name}/{args.version}" if args.version else f"models:/{name}@{args.alias or CHAMPION_ALIAS}"
+    kwargs = {}
+    if args.calibration_slices is not None:
+        kwargs["calibration_slices"] = args.calibration_slices
+    if args.format is not None:
+        kwargs["fmt"] = args.format
+    result = quantization.quantize_and_record(uri, split_dir=args.split, out_dir=args.out, **kwargs)
+    check = result.check
+    print(json.dumps({"model": result.record["model"], "run_id": result.record["run_id"], "passed": check.passed,
+                      "reasons": check.reasons, "macro_f1_fp32": check.macro_f1_fp32, "macro_f1_int8": check.macro_f1_int8,
+                      "max_abs_prob": check.max_abs_prob, "mean_abs_prob": check.mean_abs_prob, "ood": check.ood,
+                      "calibration_slices": result.record["calibration"]["slices"],
+                      "format": result.record["quantization"]["format"]}, indent=2))
+    return 0 if check.passed else 1

@@ -10,6 +10,8 @@
 - The overlap hint: a caller that knows other model work shares the machine (another process)
   says so with :func:`overlapping` around its model calls, and every session run inside takes
   the shared thread count (:func:`run_session`).
+- Precision of an ONNX model (:func:`choose_precision`): fp32, or the model's int8 graph
+  (:mod:`alzprog.quantization`) where its recorded admission check passed.
 - Eager PyTorch: :func:`prepare_torch_serving` sets the process-wide thread count and the
   allocator once at start and returns the :class:`TorchThreads` policy for overlapping runs.
 
@@ -312,6 +314,46 @@ def run_session(session: Any, feeds: dict[str, Any], overlapped: bool = False) -
     if overlapped and isinstance(session, AdaptiveSession):
         return session.run(None, feeds, overlapped=True)
     return session.run(None, feeds)
+
+
+PRECISIONS = ("auto", "fp32", "int8")
+
+
+class PrecisionUnavailable(RuntimeError):
+    """The precision asked for cannot serve this model (``int8`` without a passing check)."""
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """Which graph serves (``fp32`` or ``int8``) and why, in words for logs and ``/v1/info``."""
+
+    precision: str
+    reason: str
+
+
+def choose_precision(setting: str, int8_passed: bool | None, providers: list[str], why_not: str = "") -> PrecisionChoice:
+    """The precision to serve under ``setting`` (``auto`` | ``fp32`` | ``int8``).
+
+    ``int8_passed``: the model's recorded int8 check (None: there is no int8 graph). ``auto``
+    serves int8 only where the check passed and the CPU provider runs the model (the int8 graph
+    is made and measured for CPUs; a GPU serves fp32). ``int8`` serves it wherever the check
+    passed and raises :class:`PrecisionUnavailable` otherwise: a forced int8 never silently
+    becomes fp32. ``why_not`` adds the reason no passing graph is there.
+    """
+    setting = setting.strip().lower()
+    if setting not in PRECISIONS:
+        raise ValueError(f"precision {setting!r}: expected one of {', '.join(PRECISIONS)}")
+    if setting == "fp32":
+        return PrecisionChoice("fp32", "precision fp32 asked for")
+    if not int8_passed:
+        missing = why_not or ("its int8 check failed" if int8_passed is False else "no int8 graph is recorded for it")
+        if setting == "int8":
+            raise PrecisionUnavailable(f"int8 asked for, but {missing}: run `alzprog serving quantize`, or serve fp32 "
+                                       "(CLASSIFIER_PRECISION=auto or fp32)")
+        return PrecisionChoice("fp32", f"auto: {missing}")
+    if setting == "auto" and providers[:1] != ["CPUExecutionProvider"]:
+        return PrecisionChoice("fp32", f"auto: int8 is for the CPU provider, serving on {providers[0]}")
+    return PrecisionChoice("int8", f"{setting}: the int8 check passed")
 
 
 def make_session(path: Path, providers: list[str], threads: int | ThreadPolicy):  # noqa: ANN201
