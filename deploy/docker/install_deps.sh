@@ -9,6 +9,9 @@
 #   install_deps.sh pypi  the lock exactly as pinned, torch from PyPI (its CUDA libraries come
 #                         along and lie unused on a CPU): for machines where the CPU index is
 #                         out of reach
+#   install_deps.sh gateway   what the gateway imports, at the lock's pins: no torch, torchvision,
+#                         onnxruntime, triton or CUDA libraries; mlflow-skinny (the registry
+#                         client of /v1/model-card) instead of the MLflow server
 #   install_deps.sh frontend  starlette, uvicorn and httpx only, at the lock's pins
 #   install_deps.sh mlflow    the MLflow server and psycopg, at the lock's pins
 #
@@ -42,6 +45,13 @@ case "$variant" in
   pypi)
     pip install --no-cache-dir --no-deps -r /tmp/service-requirements.txt
     ;;
+  gateway)
+    # services/gateway and services/common, and the parts of alzprog they run: decode (Pillow,
+    # pydicom, nibabel), preprocessing and quality (numpy, scipy), the model card (mlflow-skinny).
+    pip install --no-cache-dir -c /tmp/service-requirements.txt \
+      fastapi starlette uvicorn httpx pydantic pydantic-settings python-multipart prometheus-client \
+      redis numpy scipy pillow pydicom nibabel mlflow-skinny
+    ;;
   frontend)
     pip install --no-cache-dir -c /tmp/service-requirements.txt starlette uvicorn httpx
     ;;
@@ -57,7 +67,7 @@ case "$variant" in
     pip install --no-cache-dir "$ort_gpu"
     ;;
   *)
-    echo "unknown variant '$variant' (cpu, gpu, pypi, frontend or mlflow)" >&2
+    echo "unknown variant '$variant' (cpu, gpu, pypi, gateway, frontend or mlflow)" >&2
     exit 2
     ;;
 esac

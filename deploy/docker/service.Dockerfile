@@ -6,12 +6,14 @@
 # Build args:
 #   BASE_IMAGE      a Debian-based image with Python 3.11 (default python:3.11-slim; where no
 #                   registry is reachable scripts/compose_prepare.sh builds one with debootstrap)
-#   VARIANT         cpu (torch from the CPU wheel index), gpu (CUDA torch + onnxruntime-gpu) or
-#                   pypi (torch as requirements.lock pins it, from PyPI, when the CPU index is out of reach)
+#   VARIANT         the dependencies (deploy/docker/install_deps.sh): cpu (torch from the CPU wheel
+#                   index), gpu (CUDA torch + onnxruntime-gpu) or pypi (torch as requirements.lock pins
+#                   it, from PyPI, when the CPU index is out of reach) for the model services;
+#                   gateway (only what the gateway imports: no torch, onnxruntime or CUDA libraries)
 #   LOCAL_INDEX_URLS extra package indexes, space-separated, asked after PyPI
-# Every stage before `ARG SERVICE` is the same for all services, so the dependency layer
-# (torch and the rest of requirements.lock) is built once and stored once; the library comes
-# as a wheel in a layer of its own.
+# Every stage before `ARG SERVICE` depends on VARIANT only, so the model services' dependency
+# layer (torch and the rest of requirements.lock) is built once and stored once; the library
+# comes as a wheel in a layer of its own.
 
 ARG BASE_IMAGE=python:3.11-slim
 
@@ -74,9 +76,15 @@ RUN groupadd --system --gid 10001 app \
 COPY --from=build /opt/venv /opt/venv
 # Installed non-editable from the wheel (no source tree, no build tools at run time).
 COPY --from=library /wheels /tmp/wheels
+ARG VARIANT=cpu
+# The gateway variant must hold no torch; the others must hold torch and onnxruntime.
 RUN pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
     && rm -rf /tmp/wheels \
-    && python -c "import alzprog.preprocessing, fastapi, onnxruntime, torch; print('deps ok', torch.__version__)"
+    && if [ "${VARIANT}" = gateway ]; then \
+      python -c "import importlib.util as u, alzprog.preprocessing, alzprog.registry, fastapi, mlflow, redis; from alzprog.quality import report; report(None, None); heavy = [m for m in ('torch', 'torchvision', 'onnxruntime') if u.find_spec(m)]; assert not heavy, heavy; print('deps ok, no torch')"; \
+    else \
+      python -c "import alzprog.preprocessing, fastapi, onnxruntime, torch; print('deps ok', torch.__version__)"; \
+    fi
 WORKDIR /app
 COPY services/__init__.py /app/services/__init__.py
 COPY services/common /app/services/common
