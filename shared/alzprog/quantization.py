@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 INT8_FILE = "model_int8.onnx"
 CHECK_FILE = "int8_check.json"
 FORMATS = ("qdq", "qoperator")
-# QDQ measured faster than QOperator for the served classifier on the AVX-512 VNNI CPU
-# (benchmarks/int8_classifier.py --formats; docs/performance.md).
-DEFAULT_FORMAT = "qdq"
+# QOperator (QLinearConv) measured faster than QDQ at batch 1, the service's default, for the
+# served classifier on the AVX-512 VNNI CPU (benchmarks/int8_classifier.py; docs/performance.md).
+DEFAULT_FORMAT = "qoperator"
 DEFAULT_CALIBRATION_SLICES = 128
 
 # Admission bounds of an int8 graph against its fp32 graph on the held-out test subjects:
@@ -185,16 +185,23 @@ def quantize_graph(graph: bytes, out_path: str | Path, reader: SliceCalibrationR
         model = onnx.load(str(pre))
         keep = backbone_nodes(model)
         reader.rewind()
-        quantize_static(
-            str(pre), str(out_path), reader,
-            quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
-            op_types_to_quantize=list(QUANTIZED_OPS),
-            nodes_to_exclude=[n.name for n in model.graph.node if n.name not in keep],
-            per_channel=per_channel,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
+        # The quantizer logs every unquantized integer tensor and adjusted scale on the root logger.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(max(level, logging.ERROR))
+        try:
+            quantize_static(
+                str(pre), str(out_path), reader,
+                quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                nodes_to_exclude=[n.name for n in model.graph.node if n.name not in keep],
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
+        finally:
+            root.setLevel(level)
     return out_path
 
 
