@@ -136,3 +136,42 @@ def test_gain_calibration_restores_the_amount_of_change():
     assert c["growth_ratio_at_1"] == pytest.approx(0.5, abs=0.15)
     assert c["gain"] == 2.0 and c["growth_ratio"] == pytest.approx(1.0, abs=0.15)
     assert model.gain == 1.0  # the caller decides whether to apply it
+
+
+def test_the_kept_epoch_is_the_best_validation_change_no_worse_than_identity():
+    """Training keeps the weights of the epoch whose validation change correlates best with the
+    truth, among epochs whose in-brain MSE is no worse than the input's; a later, worse epoch
+    (the discriminator winning late) does not replace it."""
+    import torch
+
+    from alzprog.training.progression import BestEpoch
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    best = BestEpoch()
+    rows = [
+        {"val_change_corr": 0.40, "val_mse_brain": 0.9, "val_identity_mse_brain": 1.0},
+        {"val_change_corr": 0.62, "val_mse_brain": 0.8, "val_identity_mse_brain": 1.0},  # the one to keep
+        {"val_change_corr": 0.70, "val_mse_brain": 1.2, "val_identity_mse_brain": 1.0},  # worse than identity
+        {"val_change_corr": 0.41, "val_mse_brain": 0.9, "val_identity_mse_brain": 1.0},  # late collapse
+        {"val_change_corr": float("nan"), "val_mse_brain": 0.9, "val_identity_mse_brain": 1.0},
+    ]
+    for epoch, row in enumerate(rows, start=1):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))
+        best.offer(epoch, row, model)
+    assert best.epoch == 2 and best.score == pytest.approx(0.62)
+    assert best.restore(model)
+    assert torch.equal(model.weight, torch.full((1, 2), 2.0))
+    assert not BestEpoch().restore(model), "nothing offered: the model is left as trained"
+
+
+def test_the_per_epoch_validation_subset_is_spread_over_the_set():
+    from alzprog.training.progression import PairData, _spread
+
+    n = 30
+    imgs = np.arange(n, dtype=np.uint8)[:, None, None] * np.ones((1, 4, 4), np.uint8)
+    data = PairData(source=imgs, target=imgs, source_mask=imgs > 0, target_mask=imgs > 0, paired=True, weights=np.ones(n))
+    sub = _spread(data, 6)
+    firsts = sub.source[:, 0, 0].tolist()
+    assert firsts[0] == 0 and firsts[-1] == n - 1 and len(firsts) == 6, firsts
+    assert _spread(data, 100) is data

@@ -105,6 +105,8 @@ def test_each_transition_is_its_own_run_with_samples_and_curves(trained: dict) -
     files = {f.path for f in c.list_artifacts(run.info.run_id)} | {f.path for f in c.list_artifacts(run.info.run_id, "samples")}
     assert "loss_curves.png" in files and "samples/epoch_001.png" in files
     assert "val_ssim_brain" in run.data.metrics and "val_identity_ssim_brain" in run.data.metrics
+    # The kept epoch is scored on the whole validation set and named.
+    assert run.data.metrics["final_selected_epoch"] == 1 and "final_val_change_corr" in run.data.metrics
     assert run.data.params["paired"] == "True"
 
 

@@ -439,6 +439,12 @@ def train_transition(
         idx = np.linspace(0, len(val_pairs) - 1, min(cap, len(val_pairs))).round().astype(int)
         val_data = load_pair_data(val_pairs.iloc[np.unique(idx)].reset_index(drop=True), progress=show, cache=cache)
 
+    val_epoch = _spread(val_data, int(cfg.get("val_epoch_pairs", 8))) if val_data is not None else None
+    # Keep the epoch whose validation change is most like the true change, not the last one:
+    # late in a run the discriminator can win and pull the field off the ventricles.
+    keep_best = bool(cfg.get("keep_best", True)) and val_epoch is not None
+    best = BestEpoch()
+
     model_cfg = _model_config(cfg, transition)
     gen = build_generator(model_cfg).to(device)
     disc = build_discriminator(model_cfg).to(device)
@@ -547,13 +553,14 @@ def train_transition(
                     break
             train_seconds += time.monotonic() - t_epoch
             row: dict[str, Any] = {"epoch": epoch, "step": step, **{k: v / max(1, n_batches) for k, v in sums.items()}}
-            if ctx.is_main and val_data is not None:
-                # A few pairs per epoch (curves + sample grid); the full validation set once at the end.
-                last = stop or epoch == epochs
-                n_val = len(val_data.source) if last else int(cfg.get("val_epoch_pairs", 8))
-                row.update(_validate(_unwrap(gen), _head(val_data, n_val), device, out, epoch))
-                row["val_pairs"] = min(n_val, len(val_data.source))
+            if ctx.is_main and val_epoch is not None:
+                # The same spread subset every epoch (curves, sample grid, the epoch kept); the
+                # whole validation set scores the kept epoch once at the end.
+                row.update(_validate(_unwrap(gen), val_epoch, device, out, epoch))
+                row["val_pairs"] = len(val_epoch.source)
                 mlflow.log_artifact(str(out / "samples" / f"epoch_{epoch:03d}.png"), artifact_path="samples")
+                if keep_best:
+                    best.offer(epoch, row, _unwrap(gen))
             history.append(row)
             if ctx.is_main:
                 mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))}, step=epoch)
@@ -562,14 +569,24 @@ def train_transition(
                 break
 
         ips = images_seen / max(train_seconds, 1e-9)
-        result_metrics = {k: v for k, v in history[-1].items() if k.startswith("val_")} if history else {}
+        if ctx.is_main and best.restore(_unwrap(gen)):
+            log.info("%s %s: keeping epoch %d of %d (validation change corr %.3f on %d pairs)", transition, variant,
+                     best.epoch, len(history), best.score, len(val_epoch.source))
+        final_val: dict[str, Any] = {}
+        if ctx.is_main and val_data is not None:
+            final_val = {**_validate(_unwrap(gen), val_data, device, out, len(history) + 1), "val_pairs": len(val_data.source),
+                         "selected_epoch": best.epoch or len(history)}
+            mlflow.log_metrics({f"final_{k}": float(v) for k, v in final_val.items() if isinstance(v, (int, float))})
+            log.info("%s %s final validation: %s", transition, variant,
+                     json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in final_val.items()}))
+        result_metrics = {k: v for k, v in final_val.items() if k.startswith("val_")}
         result_metrics["images_per_second"] = ips
         version, moved = None, False
         artifact_dir = out / "model"
         if ctx.is_main:
             plot_loss_curves(history, out / "loss_curves.png", step_history)
             mlflow.log_artifact(str(out / "loss_curves.png"))
-            (out / "history.json").write_text(json.dumps({"epochs": history, "steps": step_history}, indent=2))
+            (out / "history.json").write_text(json.dumps({"epochs": history, "steps": step_history, "final": final_val}, indent=2))
             mlflow.log_artifact(str(out / "history.json"))
             mlflow.log_metric("images_per_second", ips)
             final = _unwrap(gen).cpu().eval()
@@ -685,11 +702,47 @@ def gan_step(
     return {k: float(v) for k, v in parts.items()}
 
 
-def _head(data: PairData, n: int) -> PairData:
-    """The first ``n`` pairs (a fixed subset, so per-epoch figures are comparable)."""
+def _spread(data: PairData, n: int) -> PairData:
+    """``n`` pairs evenly spread over the set (fixed, so per-epoch figures are comparable, and
+    drawn from many subjects rather than the first one's slices)."""
     if n >= len(data.source):
         return data
-    return PairData(data.source[:n], data.target[:n], data.source_mask[:n], data.target_mask[:n], data.paired, data.weights[:n])
+    i = np.unique(np.linspace(0, len(data.source) - 1, max(1, n)).round().astype(int))
+    return PairData(data.source[i], data.target[i], data.source_mask[i], data.target_mask[i], data.paired, data.weights[i])
+
+
+class BestEpoch:
+    """The generator weights of the best-scoring epoch so far (:func:`selection_score`), on the CPU."""
+
+    def __init__(self) -> None:
+        self.epoch, self.score, self.state = 0, float("-inf"), None
+
+    def offer(self, epoch: int, row: dict[str, Any], model: nn.Module) -> bool:
+        """Keep ``model``'s weights when this epoch's validation ``row`` beats every earlier one."""
+        score = selection_score(row)
+        if score <= self.score:
+            return False
+        self.epoch, self.score = epoch, score
+        self.state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return True
+
+    def restore(self, model: nn.Module) -> bool:
+        """Load the kept weights into ``model``; False when no epoch was offered."""
+        if self.state is None:
+            return False
+        model.load_state_dict(self.state)
+        return True
+
+
+def selection_score(row: dict[str, Any]) -> float:
+    """Score of one epoch's validation for keeping it: the smoothed change correlation, provided
+    the in-brain MSE is no worse than returning the input; otherwise below any such epoch."""
+    corr = float(row.get("val_change_corr", float("nan")))
+    if not np.isfinite(corr):
+        return float("-inf")
+    if row.get("val_mse_brain", 0.0) > row.get("val_identity_mse_brain", float("inf")):
+        return corr - 2.0
+    return corr
 
 
 def _patch_w(mask: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
