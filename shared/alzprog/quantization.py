@@ -27,7 +27,7 @@ import logging
 import platform
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +251,6 @@ class Int8Check:
     n_test_subjects: int
     ood: dict[str, float] | None
     tolerance: dict[str, float]
-    details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -285,7 +284,8 @@ def compare_outputs(fp32: tuple[np.ndarray, np.ndarray | None], int8: tuple[np.n
     Subject macro-F1 by soft voting over the stages with at least :data:`MIN_TEST_SUBJECTS` test
     subjects (all present stages when none has that many); probabilities are the calibrated
     softmax (``logits / temperature``) the service returns. With an OOD reference and features
-    from both, the distance change and the agreement of the out-of-distribution flag are reported.
+    from both, the distance change is reported and the share of slices whose out-of-distribution
+    flag int8 changes is bounded too (``ood_flag_changes``).
     """
     from alzprog.constants import STAGES
     from alzprog.inference.classifier import calibrated_probabilities
