@@ -153,10 +153,6 @@ def test_gateway_request_path_runs_on_what_the_gateway_image_installs() -> None:
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "alzprog.quality.warnings_for imports alzprog.explain (torch) for SHORTCUT_THRESHOLD, and "
-    "alzprog.registry imports alzprog.artifacts (torch) at the top: every answer and the model "
-    "card need torch until shared/alzprog moves them"))
 def test_quality_report_and_registry_need_no_torch() -> None:
     proc = _run(blocker(not_in_the_gateway_image()) + ANSWERS)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]

@@ -17,8 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-# Below this fraction of saliency inside the brain, the explanation raises a shortcut alarm.
-SHORTCUT_THRESHOLD = 0.5
+from alzprog.quality import SHORTCUT_THRESHOLD  # noqa: F401 - defined there (torch-free), used here
 
 
 def default_target_layer(model: nn.Module) -> nn.Module:

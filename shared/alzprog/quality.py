@@ -129,13 +129,14 @@ def assess(image: np.ndarray, brain: np.ndarray | None = None) -> QualityFigures
 # ---------------------------------------------------------------------- warnings (a 200, not a 422)
 OUT_OF_DISTRIBUTION = "out_of_distribution"
 SALIENCY_OUTSIDE_BRAIN = "saliency_outside_brain"
+# Below this fraction of Grad-CAM saliency inside the brain, the explanation raises a shortcut
+# alarm. Here, not in alzprog.explain (torch), so the gateway's warnings need no torch.
+SHORTCUT_THRESHOLD = 0.5
 
 
 def warnings_for(ood: dict | None, saliency_in_brain: float | None) -> list[dict[str, str]]:
     """The notices for a slice that passed the gate: unlike the model's training data (``ood``:
     the classifier's score, :mod:`alzprog.ood`), or a Grad-CAM mostly outside the brain."""
-    from alzprog.explain import SHORTCUT_THRESHOLD
-
     out: list[dict[str, str]] = []
     if ood is not None and ood.get("out_of_distribution"):
         out.append({

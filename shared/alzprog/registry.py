@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from alzprog.artifacts import CONFIG_FILE, ArtifactIntegrityError, verify_digests
+from alzprog.artifact_files import CONFIG_FILE, ArtifactIntegrityError, verify_digests
 from alzprog.constants import CHAMPION_ALIAS
 from alzprog.paths import data_home
 
