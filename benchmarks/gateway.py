@@ -63,6 +63,17 @@ def upload_request(path: str, data: bytes, form: dict[str, str] | None = None) -
     return RequestSpec("POST", path, {"files": {"file": ("slice.png", data, "image/png")}, "data": form or {}})
 
 
+def _generator_backends(url: str) -> str:
+    """The backend each transition's model runs on, as the generator service chose it at load."""
+    import httpx
+
+    try:
+        models = httpx.get(url + "/v1/info", timeout=5).json().get("models", [])
+    except (httpx.HTTPError, ValueError):
+        return "unknown"
+    return "/".join(str(m.get("backend")) for m in models) or "unknown"
+
+
 def _generator_request(upload: bytes) -> RequestSpec:
     """``POST /v1/progress?from_stage=0`` of the generator service with the canonical image + mask."""
     from alzprog.preprocessing import load_canonical
@@ -133,9 +144,10 @@ def run(stack: BenchStack, *, quick: bool = False, repeats: int = 30) -> tuple[l
     warm = 1 if quick else 3
     upload = sample_upload()
     n_pool = warm + max(n_miss, n_prog, rounds * per_round)
-    uploads = unique_uploads(upload, 5 * n_pool + 1)
+    uploads = unique_uploads(upload, 6 * n_pool + 1)
     # Disjoint pools: an upload used once is cached, so each miss series needs its own.
-    miss_pool, prog_pool, prog2_pool, prog3_pool, prog4_pool = (uploads[k * n_pool:(k + 1) * n_pool] for k in range(5))
+    miss_pool, prog_pool, prog2_pool, prog3_pool, prog4_pool, prog5_pool = (
+        uploads[k * n_pool:(k + 1) * n_pool] for k in range(6))
     rows: list[Measurement] = []
     try:
         # /predict miss: request i (warm-up ones negative) gets its own upload.
@@ -164,7 +176,8 @@ def run(stack: BenchStack, *, quick: bool = False, repeats: int = 30) -> tuple[l
         stats = merge_stats(ours)
         rows.append(measurement("gateway", "/progression c1", "alzprog gateway", stats, unit="request",
                                 baseline="original eager pipeline",
-                                note="idle gateway: chain from Non Demented (its guess) beside the classifier; cache miss"))
+                                note="idle gateway: chain from Non Demented (its guess) beside the classifier; cache miss; "
+                                     f"generator backends {_generator_backends(stack.procs['generator'].url)}"))
         if not quick:
             # The same with the start stage given: the gateway then classifies and generates at once.
             stats = run_load(gw, lambda i: upload_request("/progression", prog2_pool[i + warm if i >= 0 else -i - 1],
@@ -188,6 +201,21 @@ def run(stack: BenchStack, *, quick: bool = False, repeats: int = 30) -> tuple[l
                                         baseline="original eager pipeline",
                                         note="classify, then 3 generator steps" if guess == "-1" else
                                         "chain from Very mild started beside the classifier, then the right one from Non Demented"))
+            # The generator's serving tricks switched off in the same run: ONNX Runtime fp32
+            # forced, so no backend timing at load, no bf16, no folded batch norms, no
+            # channels-last and no allocator thresholds (those apply to eager torch only).
+            plain = stack.start_generator(name="generator-plain",
+                                          extra_env={"GENERATOR_BACKEND": "onnxruntime", "GENERATOR_PRECISION": "fp32"})
+            other = stack.start_gateway(url, prefix, name="gateway-plain-generator", generator=plain.name)
+            try:
+                stats = run_load(other.url, lambda i: upload_request("/progression", prog5_pool[i + warm if i >= 0 else -i - 1]),
+                                 concurrency=1, n_requests=n_prog, warmup=warm, check=_cached_is(False, steps=3))
+            finally:
+                stack.stop(other.name)
+                stack.stop(plain.name)
+            rows.append(measurement("gateway", "/progression c1", "alzprog gateway, generator ORT fp32 forced", stats,
+                                    unit="request", baseline="original eager pipeline",
+                                    note="generator tricks off: no backend choice by timing, no bf16/BN folding/channels-last/mallopt"))
             # Where the time goes: the generator chain alone, straight to the generator service.
             gen_spec = _generator_request(upload)
             stats = run_load(stack.procs["generator"].url, lambda i: gen_spec, concurrency=1, n_requests=n_prog,

@@ -223,12 +223,12 @@ class BenchStack:
                           timeout=240)
 
     def start_gateway(self, redis_url: str, cache_prefix: str, name: str = "gateway",
-                      extra_env: dict[str, str] | None = None) -> Proc:
+                      extra_env: dict[str, str] | None = None, generator: str = "generator") -> Proc:
         port = free_port()
         env = self.service_env({
             "GATEWAY_PORT": str(port),
             "GATEWAY_CLASSIFIER_URL": self.procs["classifier"].url,
-            "GATEWAY_GENERATOR_URL": self.procs["generator"].url,
+            "GATEWAY_GENERATOR_URL": self.procs[generator].url,
             "GATEWAY_REDIS_URL": redis_url,
             "REDIS_URL": redis_url,
             "GATEWAY_CACHE_PREFIX": cache_prefix,
