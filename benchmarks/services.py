@@ -158,6 +158,16 @@ def run(stack: BenchStack, *, quick: bool = False, repeats: int = 30) -> tuple[l
     concs = (1, 16) if quick else CONCURRENCIES
     ours = bench_classifier_service(stack, canon.image, quick=quick, concurrencies=concs)
     rows += ours
+    if not quick:
+        # The adaptive thread policy switched off in the same run: every request gets all CPUs.
+        fixed = "classifier-fixed-threads"
+        stack.start_classifier(name=fixed, extra_env={"CLASSIFIER_INTRA_OP_THREADS": str(torch_threads())})
+        try:
+            rows += bench_classifier_service(stack, canon.image, quick=quick, concurrencies=concs, name=fixed,
+                                             variant="alzprog service, fixed threads",
+                                             note=f"adaptive ORT threads off: {torch_threads()} intra-op threads always")
+        finally:
+            stack.stop(fixed)
 
     pyfunc_name, pyfunc_version = register_pyfunc(model_dir, CLASSIFIER_MODEL_NAME, version)
     start_mlflow_serve(stack, pyfunc_name, pyfunc_version)
