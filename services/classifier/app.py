@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
-from alzprog.inference.runtime import available_cpus, choose_providers, session_threads, thread_policy
+from alzprog.inference.runtime import session_threads
 from alzprog.preprocessing import CANONICAL_SIZE
 
 from services.classifier.batching import MicroBatcher
@@ -25,30 +25,18 @@ from services.classifier.model_holder import ClassifierRuntime, make_loader
 from services.classifier.settings import Settings, get_settings
 from services.common import metrics
 from services.common.admission import AdmissionLimiter
-from services.common.app import Lifecycle, add_model_health_routes, build_app, serve
+from services.common.app import Lifecycle, build_model_app, serve
 from services.common.errors import ERROR_RESPONSES, ServiceError, unavailable
 from services.common.logs import configure_logging
 from services.common.model_slot import ModelSlot, SlotWatcher
+from services.common.serving import serving_plan
 from services.common.timing import ServerTiming
-from services.common.wire import OVERLAP_HEADER, SHAPE_HEADER, decode_canonical
+from services.common.wire import OVERLAP_HEADER, SHAPE_HEADER, canonical_openapi, decode_canonical
 
 SERVICE = "classifier"
 log = logging.getLogger("classifier")
 
-CANONICAL_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "example": "256*256 uint8 pixels, optionally followed by 256*256 mask bytes (0/1)",
-            }
-        },
-    },
-    "parameters": [
-        {"name": SHAPE_HEADER, "in": "header", "required": True, "schema": {"type": "string", "example": "256x256"}}
-    ],
-}
+CANONICAL_BODY = canonical_openapi("256*256 uint8 pixels, optionally followed by 256*256 mask bytes (0/1)")
 
 
 class ClassifierState:
@@ -56,18 +44,15 @@ class ClassifierState:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.concurrency = settings.max_concurrency or available_cpus()
-        providers = choose_providers(settings.providers)
-        threads = thread_policy(settings.intra_op_threads, self.concurrency)
-        self.slot: ModelSlot[ClassifierRuntime] = ModelSlot(SERVICE, settings.model_name, settings.alias, make_loader(providers, threads, settings.precision))
+        plan = serving_plan(settings.max_concurrency, settings.providers, settings.intra_op_threads)
+        self.concurrency, self.providers, self.threads = plan.concurrency, plan.providers, plan.threads
+        self.slot: ModelSlot[ClassifierRuntime] = ModelSlot(SERVICE, settings.model_name, settings.alias, make_loader(self.providers, self.threads, settings.precision))
         self.watcher = SlotWatcher([self.slot], poll_s=settings.poll_seconds, retry_s=settings.retry_seconds)
         # With batching, a worker serves up to batch_max_size requests at once.
         admitted = self.concurrency * settings.batch_max_size
-        self.limiter = AdmissionLimiter(admitted, settings.max_queue, settings.queue_timeout_s)
+        self.limiter = AdmissionLimiter(admitted, settings.max_queue, settings.queue_timeout_s, service=SERVICE)
         self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="classify")
         self.batcher = MicroBatcher(self.pool, settings.batch_max_size, settings.batch_max_wait_ms) if settings.batch_max_size > 1 else None
-        self.providers = providers
-        self.threads = threads
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -91,14 +76,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await state.batcher.stop()
         state.pool.shutdown(wait=True)
 
-    app = build_app(
-        SERVICE,
-        title="alzprog classifier (internal)",
-        description="Stage classifier champion served with ONNX Runtime. Internal: the gateway is the public API.",
-        max_body_bytes=settings.max_body_bytes,
-        lifespan=lifespan,
-    )
-
     def svc(request: Request) -> ClassifierState:
         return request.app.state.svc
 
@@ -109,7 +86,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = {**info, "precision": cur.model.precision if cur else None}
         return {"model": body}, [info], s.settings.retry_seconds
 
-    add_model_health_routes(app, models, "a model is loaded and warmed up")
+    app = build_model_app(
+        SERVICE,
+        title="alzprog classifier (internal)",
+        description="Stage classifier champion served with ONNX Runtime. Internal: the gateway is the public API.",
+        max_body_bytes=settings.max_body_bytes,
+        lifespan=lifespan,
+        models=models,
+        ready_when="a model is loaded and warmed up",
+    )
 
     @app.get("/v1/info")
     def info(request: Request) -> dict[str, Any]:
@@ -150,24 +135,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         image, mask = decode_canonical(await request.body(), request.headers.get(SHAPE_HEADER), CANONICAL_SIZE)
         runtime = served.model
         timing = ServerTiming()
-        try:
-            async with s.limiter.admit():
-                loop = asyncio.get_running_loop()
-                t0 = time.perf_counter()
-                if s.batcher is not None and not explain and not tta:
-                    result = await s.batcher.submit(runtime, image)
-                else:
-                    overlapped = request.headers.get(OVERLAP_HEADER) == "1"
-                    result = await loop.run_in_executor(s.pool, runtime.predict, image, overlapped, tta)
-                if explain:
-                    result["explain"] = await loop.run_in_executor(s.pool, runtime.explain, image, mask, result["stage_index"])
-                elapsed = time.perf_counter() - t0
-                metrics.INFERENCE_LATENCY.labels(SERVICE, served.ref.name).observe(elapsed)
-                timing.add("infer", elapsed)
-        except ServiceError as exc:
-            if exc.code == "overloaded":
-                metrics.OVERLOAD_REJECTIONS.labels(SERVICE).inc()
-            raise
+        async with s.limiter.admit():
+            loop = asyncio.get_running_loop()
+            t0 = time.perf_counter()
+            if s.batcher is not None and not explain and not tta:
+                result = await s.batcher.submit(runtime, image)
+            else:
+                overlapped = request.headers.get(OVERLAP_HEADER) == "1"
+                result = await loop.run_in_executor(s.pool, runtime.predict, image, overlapped, tta)
+            if explain:
+                result["explain"] = await loop.run_in_executor(s.pool, runtime.explain, image, mask, result["stage_index"])
+            elapsed = time.perf_counter() - t0
+            metrics.INFERENCE_LATENCY.labels(SERVICE, served.ref.name).observe(elapsed)
+            timing.add("infer", elapsed)
         metrics.INFERENCES.labels(SERVICE, served.ref.name, served.version).inc()
         result["model"] = {"name": served.ref.name, "version": served.version}
         result.setdefault("explain", None)

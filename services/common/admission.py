@@ -12,18 +12,24 @@ import asyncio
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
+from services.common import metrics
 from services.common.errors import unavailable
 
 
 class AdmissionLimiter:
-    """Admission control for one model service (one instance per process)."""
+    """Admission control for one model service (one instance per process).
 
-    def __init__(self, max_concurrency: int, max_queue: int, queue_timeout: float = 10.0) -> None:
+    With ``service``, each refusal is also counted in that service's overload metric (the
+    model services' routes); without, only in :attr:`rejected` (an internal pool).
+    """
+
+    def __init__(self, max_concurrency: int, max_queue: int, queue_timeout: float = 10.0, service: str | None = None) -> None:
         if max_concurrency < 1 or max_queue < 0:
             raise ValueError("max_concurrency must be >= 1 and max_queue >= 0")
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
+        self.service = service
         self._sem = asyncio.Semaphore(max_concurrency)
         self.in_flight = 0
         self.waiting = 0
@@ -33,13 +39,13 @@ class AdmissionLimiter:
     async def admit(self) -> AsyncIterator[None]:
         """Enter when a slot is free; raise a 503 ServiceError when the queue is full."""
         if self.in_flight >= self.max_concurrency and self.waiting >= self.max_queue:
-            self.rejected += 1
+            self._refused()
             raise unavailable("overloaded", "too many requests in progress; retry shortly", retry_after=1)
         self.waiting += 1
         try:
             await asyncio.wait_for(self._sem.acquire(), timeout=self.queue_timeout)
         except TimeoutError:
-            self.rejected += 1
+            self._refused()
             raise unavailable("overloaded", "request waited too long for a free worker", retry_after=2) from None
         finally:
             self.waiting -= 1
@@ -49,3 +55,8 @@ class AdmissionLimiter:
         finally:
             self.in_flight -= 1
             self._sem.release()
+
+    def _refused(self) -> None:
+        self.rejected += 1
+        if self.service is not None:
+            metrics.OVERLOAD_REJECTIONS.labels(self.service).inc()

@@ -91,8 +91,20 @@ def install_offline_docs(app: FastAPI) -> None:
         )
 
 
-def add_model_health_routes(app: FastAPI, models: Callable[[Request], tuple[dict[str, Any], list[dict[str, Any]], float]],
-                            ready_when: str) -> None:
+# What ``/readyz`` reports of a model service's models: the body part, the slot infos, the retry hint.
+ModelsReport = Callable[[Request], tuple[dict[str, Any], list[dict[str, Any]], float]]
+
+
+def build_model_app(service: str, *, title: str, description: str, max_body_bytes: int, lifespan: Any,
+                    models: ModelsReport, ready_when: str) -> FastAPI:
+    """:func:`build_app` for a model service, with its ``/livez`` and ``/readyz``
+    (:func:`add_model_health_routes`)."""
+    app = build_app(service, title=title, description=description, max_body_bytes=max_body_bytes, lifespan=lifespan)
+    add_model_health_routes(app, models, ready_when)
+    return app
+
+
+def add_model_health_routes(app: FastAPI, models: ModelsReport, ready_when: str) -> None:
     """``/livez`` and ``/readyz`` of a model service.
 
     ``models(request)`` gives what ``/readyz`` reports about the models, the slot infos that

@@ -13,6 +13,7 @@ input:
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,20 @@ SHAPE_HEADER = "X-Canonical-Shape"
 # session and not count the run as a lone one (services.common.ort.AdaptiveSession).
 OVERLAP_HEADER = "X-Overlapped-Work"
 _SHAPE = re.compile(r"^\s*(\d{1,4})x(\d{1,4})\s*$")
+
+
+def canonical_openapi(example: str | None = None) -> dict[str, Any]:
+    """``openapi_extra`` of a route whose body is a canonical slice: the raw bytes (``example``
+    describes them) and the required shape header."""
+    media: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
+    if example is not None:
+        media["example"] = example
+    return {
+        "requestBody": {"required": True, "content": {CONTENT_TYPE: media}},
+        "parameters": [
+            {"name": SHAPE_HEADER, "in": "header", "required": True, "schema": {"type": "string", "example": "256x256"}}
+        ],
+    }
 
 
 def encode_canonical(image: np.ndarray, mask: np.ndarray | None = None) -> tuple[bytes, dict[str, str]]:

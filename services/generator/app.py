@@ -19,32 +19,25 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 
 from alzprog.constants import STAGES, TRANSITIONS, progression_model_name, stage_index
-from alzprog.inference.runtime import available_cpus, choose_providers, prepare_torch_serving, thread_policy
+from alzprog.inference.runtime import prepare_torch_serving
 from alzprog.preprocessing import CANONICAL_SIZE
 
 from services.common import metrics
 from services.common.admission import AdmissionLimiter
-from services.common.app import Lifecycle, add_model_health_routes, build_app, serve
+from services.common.app import Lifecycle, build_model_app, serve
 from services.common.errors import ERROR_RESPONSES, ServiceError, unavailable
 from services.common.logs import configure_logging
 from services.common.model_slot import ModelSlot, SlotWatcher
+from services.common.serving import serving_plan
 from services.common.timing import ServerTiming
-from services.common.wire import OVERLAP_HEADER, SHAPE_HEADER, decode_canonical
+from services.common.wire import OVERLAP_HEADER, SHAPE_HEADER, canonical_openapi, decode_canonical
 from services.generator.model_holder import GeneratorRuntime, make_loader, run_chain
 from services.generator.settings import Settings, get_settings
 
 SERVICE = "generator"
 log = logging.getLogger("generator")
 
-CANONICAL_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-    },
-    "parameters": [
-        {"name": SHAPE_HEADER, "in": "header", "required": True, "schema": {"type": "string", "example": "256x256"}}
-    ],
-}
+CANONICAL_BODY = canonical_openapi()
 
 
 class GeneratorState:
@@ -52,24 +45,21 @@ class GeneratorState:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.concurrency = settings.max_concurrency or available_cpus()
-        providers = choose_providers(settings.providers)
-        threads = thread_policy(settings.intra_op_threads, self.concurrency)
+        plan = serving_plan(settings.max_concurrency, settings.providers, settings.intra_op_threads)
+        self.concurrency, self.providers, self.threads = plan.concurrency, plan.providers, plan.threads
         # Torch may serve (fp32 or bf16): the process is set up for it once, and overlapping
         # chains (or a caller's overlap hint) put eager PyTorch on the shared thread count.
-        self.torch_threads = prepare_torch_serving(threads) if settings.backend != "onnxruntime" else None
+        self.torch_threads = prepare_torch_serving(self.threads) if settings.backend != "onnxruntime" else None
         self.pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="progress")
         # Backends are timed in the pool that serves requests (see GeneratorRuntime._time).
-        loader = make_loader(settings.backend, providers, threads, timing_pool=self.pool, precision=settings.precision)
+        loader = make_loader(settings.backend, self.providers, self.threads, timing_pool=self.pool, precision=settings.precision)
         # Keyed by the source stage index of each transition.
         self.slots: dict[int, ModelSlot[GeneratorRuntime]] = {
             src: ModelSlot(SERVICE, progression_model_name(slug), settings.alias, loader) for slug, src, _ in TRANSITIONS
         }
         self.targets = {src: dst for _, src, dst in TRANSITIONS}
         self.watcher = SlotWatcher(list(self.slots.values()), poll_s=settings.poll_seconds, retry_s=settings.retry_seconds)
-        self.limiter = AdmissionLimiter(self.concurrency, settings.max_queue, settings.queue_timeout_s)
-        self.providers = providers
-        self.threads = threads
+        self.limiter = AdmissionLimiter(self.concurrency, settings.max_queue, settings.queue_timeout_s, service=SERVICE)
 
     def infos(self) -> list[dict[str, Any]]:
         out = []
@@ -98,14 +88,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         state.watcher.stop()
         state.pool.shutdown(wait=True)
 
-    app = build_app(
-        SERVICE,
-        title="alzprog generator (internal)",
-        description="Transition generator champions (ND->VMD->MD->MoD). Internal: the gateway is the public API.",
-        max_body_bytes=settings.max_body_bytes,
-        lifespan=lifespan,
-    )
-
     def svc(request: Request) -> GeneratorState:
         return request.app.state.svc
 
@@ -114,7 +96,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         infos = s.infos()
         return {"models": infos}, infos, s.settings.retry_seconds
 
-    add_model_health_routes(app, models, "all three transition models are loaded")
+    app = build_model_app(
+        SERVICE,
+        title="alzprog generator (internal)",
+        description="Transition generator champions (ND->VMD->MD->MoD). Internal: the gateway is the public API.",
+        max_body_bytes=settings.max_body_bytes,
+        lifespan=lifespan,
+        models=models,
+        ready_when="all three transition models are loaded",
+    )
 
     @app.get("/v1/info")
     def info(request: Request) -> dict[str, Any]:
@@ -150,23 +140,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             chain.append((s.targets[src], served))
         image, mask = decode_canonical(await request.body(), request.headers.get(SHAPE_HEADER), CANONICAL_SIZE)
         timing = ServerTiming()
-        try:
-            async with s.limiter.admit():
-                loop = asyncio.get_running_loop()
-                if mask is None:  # computed here, in the pool, when the caller did not send it
-                    from alzprog.preprocessing import brain_mask
+        async with s.limiter.admit():
+            loop = asyncio.get_running_loop()
+            if mask is None:  # computed here, in the pool, when the caller did not send it
+                from alzprog.preprocessing import brain_mask
 
-                    with timing.phase("mask"):
-                        mask = await loop.run_in_executor(s.pool, brain_mask, image)
-                t0 = time.perf_counter()
-                overlapped = request.headers.get(OVERLAP_HEADER) == "1"
-                steps, input_morphometry = await loop.run_in_executor(
-                    s.pool, partial(run_chain, chain, image, mask, timing, overlapped=overlapped, torch_threads=s.torch_threads))
-                metrics.INFERENCE_LATENCY.labels(SERVICE, "chain").observe(time.perf_counter() - t0)
-        except ServiceError as exc:
-            if exc.code == "overloaded":
-                metrics.OVERLOAD_REJECTIONS.labels(SERVICE).inc()
-            raise
+                with timing.phase("mask"):
+                    mask = await loop.run_in_executor(s.pool, brain_mask, image)
+            t0 = time.perf_counter()
+            overlapped = request.headers.get(OVERLAP_HEADER) == "1"
+            steps, input_morphometry = await loop.run_in_executor(
+                s.pool, partial(run_chain, chain, image, mask, timing, overlapped=overlapped, torch_threads=s.torch_threads))
+            metrics.INFERENCE_LATENCY.labels(SERVICE, "chain").observe(time.perf_counter() - t0)
         for _, served in chain:
             metrics.INFERENCES.labels(SERVICE, served.ref.name, served.version).inc()
         timing.add("total", time.perf_counter() - t_start)
