@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Iterable
 
 import pytest
 
@@ -33,6 +34,31 @@ def wait_http(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = N
     from alzprog.readiness import wait_ready
 
     wait_ready(url, timeout=timeout, proc=proc, accept=lambda r: r.status_code < 500, interval=0.5)
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM the process group ``proc`` leads and wait; SIGKILL it when that fails or takes longer."""
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except Exception:  # noqa: BLE001
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def copy_cross_sectional(paths: Iterable[str], root: Path) -> list[str]:
+    """Copy each image to ``root/Data/<stage folder>/<name>``: a data folder without the
+    longitudinal table, so nothing pairs the copies. Returns the new paths, in order."""
+    import shutil
+
+    copies = []
+    for p in paths:
+        dst = root / "Data" / Path(p).parent.name / Path(p).name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, dst)
+        copies.append(str(dst))
+    return copies
 
 
 @pytest.fixture(scope="session")
@@ -98,13 +124,7 @@ def mlflow_server(tmp_path_factory):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = old
-    import signal
-
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-    except Exception:  # noqa: BLE001
-        os.killpg(proc.pid, signal.SIGKILL)
+    stop_process_group(proc, timeout=15)
     log.close()
 
 

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import REPO, free_port, wait_http
+from conftest import REPO, free_port, stop_process_group, wait_http
 
 STATIC = REPO / "services" / "frontend" / "static"
 MAX_BODY = 64 * 1024
@@ -134,11 +133,7 @@ def _start_frontend(gateway_url: str, tmp_path: Path, **env_extra: str):
 
 
 def _stop(proc: subprocess.Popen, log) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except Exception:  # noqa: BLE001
-        os.killpg(proc.pid, signal.SIGKILL)
+    stop_process_group(proc, timeout=10)
     log.close()
 
 

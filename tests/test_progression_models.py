@@ -23,6 +23,8 @@ from alzprog.models.progression_generator import (
 )
 from alzprog.training.progression import adversarial_loss, find_pairs, masked_l1, random_crops
 
+from conftest import copy_cross_sectional
+
 
 def _batch(n: int = 2, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
@@ -137,19 +139,11 @@ def test_pairs_are_same_subject_same_slice_and_one_side_only(tiny_split: Path) -
 
 def test_no_longitudinal_data_means_no_pairs(tiny_split: Path, tmp_path: Path) -> None:
     """A cross-sectional set (no longitudinal/ table) yields no pairs: never different people."""
-    import shutil
-
     from alzprog.data.split import load_split
     from alzprog.training.progression import unpaired_sets
 
     frame = load_split(tiny_split, sides=("train",))["train"]
-    copies = []
-    for p in frame["path"]:
-        dst = tmp_path / "Data" / Path(p).parent.name / Path(p).name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(p, dst)
-        copies.append(str(dst))
-    cross = frame.assign(path=copies)
+    cross = frame.assign(path=copy_cross_sectional(frame["path"], tmp_path))
     assert len(find_pairs(cross, "nd-vmd")) == 0
     src, tgt = unpaired_sets(cross, "nd-vmd")
     assert set(src["stage_index"]) == {0} and set(tgt["stage_index"]) == {1}

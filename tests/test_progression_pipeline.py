@@ -16,6 +16,8 @@ import yaml
 from alzprog.cli import main
 from alzprog.constants import STAGES, TRANSITIONS, progression_model_name
 
+from conftest import copy_cross_sectional
+
 pytestmark = pytest.mark.slow
 
 TINY = {
@@ -226,13 +228,7 @@ def test_unpaired_objective_on_a_cross_sectional_split(mlflow_server: str, tiny_
     cross.mkdir()
     for side in ("train", "val", "test"):
         frame = pd.read_csv(tiny_split / f"{side}.csv", dtype={"subject": str})
-        new_paths = []
-        for p in frame["path"]:
-            dst = tmp_path / "Data" / Path(p).parent.name / Path(p).name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(p, dst)
-            new_paths.append(str(dst))
-        frame.assign(path=new_paths).to_csv(cross / f"{side}.csv", index=False)
+        frame.assign(path=copy_cross_sectional(frame["path"], tmp_path)).to_csv(cross / f"{side}.csv", index=False)
     shutil.copy(tiny_split / "split_report.json", cross / "split_report.json")
     out = tmp_path / "run"
     assert main(["train", "progression", "--split", str(cross), "--transition", "vmd-md", "--preset", "quick",
