@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import numpy as np
@@ -46,6 +47,17 @@ def timed(fn) -> tuple[float, httpx.Response]:  # noqa: ANN001
     t0 = time.perf_counter()
     r = fn()
     return (time.perf_counter() - t0) * 1000, r
+
+
+def uncached_posts(post: Callable[[bytes], httpx.Response], sample: bytes, first_seed: int, n: int) -> tuple[list[float], list[int]]:
+    """Time ``post`` on ``n`` fresh variants of the sample (nothing cached): milliseconds and statuses."""
+    ms_list, statuses = [], []
+    for i in range(n):
+        data = variant(sample, first_seed + i)
+        ms, r = timed(lambda: post(data))
+        ms_list.append(ms)
+        statuses.append(r.status_code)
+    return ms_list, statuses
 
 
 def report(label: str, ms: list[float], statuses: list[int]) -> None:
@@ -99,12 +111,7 @@ def main() -> int:
             from alzprog.readiness import wait_ready
 
             wait_ready("/readyz", timeout=60, proc=proc, get=g2.get, interval=0.5, accept=lambda r: r.status_code == 200)
-            ms_list, st = [], []
-            for i in range(args.n):
-                data = variant(sample, seed + 1000 + i)
-                ms, r = timed(lambda: g2.post("/predict", files={"file": ("x.png", data)}))
-                ms_list.append(ms)
-                st.append(r.status_code)
+            ms_list, st = uncached_posts(lambda data: g2.post("/predict", files={"file": ("x.png", data)}), sample, seed + 1000, args.n)
             report("/predict uncached, Redis black-holed (0.25 s timeout)", ms_list, st)
             print(f"  readyz cache check: {g2.get('/readyz').json()['checks']['cache']}", flush=True)
         finally:
@@ -116,20 +123,11 @@ def main() -> int:
     if args.kill_generator_pid:
         os.killpg(args.kill_generator_pid, signal.SIGKILL)
         time.sleep(0.5)
-        ms_list, st = [], []
-        for i in range(args.n):
-            data = variant(sample, seed + 2000 + i)
-            ms, r = timed(lambda: c.post("/progression", files={"file": ("x.png", data)}, data={"from_stage": "nd"}))
-            ms_list.append(ms)
-            st.append(r.status_code)
+        ms_list, st = uncached_posts(lambda data: c.post("/progression", files={"file": ("x.png", data)}, data={"from_stage": "nd"}),
+                                     sample, seed + 2000, args.n)
         report("/progression with the generator killed (first attempts)", ms_list[:3], st[:3])
         report("/progression with the generator killed (circuit open)", ms_list[3:], st[3:])
-        ms_list, st = [], []
-        for i in range(args.n):
-            data = variant(sample, seed + 3000 + i)
-            ms, r = timed(lambda: c.post("/predict", files={"file": ("x.png", data)}))
-            ms_list.append(ms)
-            st.append(r.status_code)
+        ms_list, st = uncached_posts(lambda data: c.post("/predict", files={"file": ("x.png", data)}), sample, seed + 3000, args.n)
         report("/predict uncached with the generator killed", ms_list, st)
     return 0
 
