@@ -12,8 +12,10 @@ import shutil
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import httpx
 
@@ -153,6 +155,43 @@ def wait_ready(svc: ServiceProcess, timeout: float = 120.0, path: str = "/readyz
 
     poll(svc.url + path, timeout=timeout, proc=svc.proc, log_path=svc.log_path, name=svc.name,
          accept=lambda r: r.status_code == 200)
+
+
+@contextmanager
+def running_service(name: str, env: dict[str, str], log_dir: Path, ready_path: str = "/readyz") -> Iterator[ServiceProcess]:
+    """:func:`start_service` on a free port, once ``ready_path`` answers 200; stopped on exit."""
+    from conftest import free_port
+
+    svc = start_service(name, free_port(), env, log_dir)
+    try:
+        wait_ready(svc, path=ready_path)
+        yield svc
+    finally:
+        svc.stop()
+
+
+@contextmanager
+def gateway_clients(**defaults: Any) -> Iterator[Callable[..., Any]]:
+    """A factory of started in-process gateways (``TestClient``) on ``Settings(**defaults)``, a
+    call's keywords overriding; every client it made is closed on exit."""
+    from fastapi.testclient import TestClient
+
+    from services.gateway.app import create_app
+    from services.gateway.settings import Settings
+
+    clients: list[TestClient] = []
+
+    def make(**overrides: Any) -> TestClient:
+        client = TestClient(create_app(Settings(**{**defaults, **overrides})))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    try:
+        yield make
+    finally:
+        for c in clients:
+            c.__exit__(None, None, None)
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

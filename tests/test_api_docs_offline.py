@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
-from service_helpers import dead_port, start_service, wait_ready
+from service_helpers import dead_port, running_service
 
 from services.common.app import DOCS_ASSETS_DIR, DOCS_ASSETS_URL
 
@@ -57,16 +57,10 @@ def test_docs_page_references_only_its_own_assets(service):
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
     """A real gateway process; its backends and Redis are absent, which /docs does not need."""
-    from conftest import free_port
-
     dead = f"http://127.0.0.1:{dead_port()}"
     env = {"GATEWAY_CLASSIFIER_URL": dead, "GATEWAY_GENERATOR_URL": dead, "REDIS_URL": "", "GATEWAY_LOG_LEVEL": "WARNING"}
-    svc = start_service("gateway", free_port(), env, tmp_path_factory.mktemp("docs_logs"))
-    try:
-        wait_ready(svc, path="/livez")
+    with running_service("gateway", env, tmp_path_factory.mktemp("docs_logs"), ready_path="/livez") as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 @pytest.mark.slow

@@ -24,13 +24,20 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from faults import FaultProxy
-from fastapi.testclient import TestClient
 from fixtures_images import head_phantom, png_bytes
-from service_helpers import classify_count, dead_port, metric_value, seed_cache, start_service, tiny_classifier_artifact, wait_ready
+from service_helpers import (
+    classify_count,
+    dead_port,
+    gateway_clients,
+    metric_value,
+    running_service,
+    seed_cache,
+    start_service,
+    tiny_classifier_artifact,
+    wait_ready,
+)
 
 from alzprog.constants import CLASSIFIER_MODEL_NAME
-from services.gateway.app import create_app
-from services.gateway.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +47,6 @@ CLASSIFIER_QUEUE = 2  # the classifier runs 1 request and lets 2 wait; more are 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
     """A real classifier process: concurrency 1, queue 2, serving a cached tiny model."""
-    from conftest import free_port
-
     home = tmp_path_factory.mktemp("relf_home")
     dead_registry = f"http://127.0.0.1:{dead_port()}"
     seed_cache(home, CLASSIFIER_MODEL_NAME, 1, tiny_classifier_artifact(tmp_path_factory.mktemp("relf_art") / "clf", seed=21), dead_registry)
@@ -52,12 +57,8 @@ def classifier(tmp_path_factory):
         "CLASSIFIER_MAX_CONCURRENCY": "1",
         "CLASSIFIER_MAX_QUEUE": str(CLASSIFIER_QUEUE),
     }
-    svc = start_service("classifier", free_port(), env, tmp_path_factory.mktemp("relf_logs"))
-    try:
-        wait_ready(svc)
+    with running_service("classifier", env, tmp_path_factory.mktemp("relf_logs")) as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 @pytest.fixture
@@ -71,25 +72,14 @@ def proxy(classifier):
 @pytest.fixture
 def gateway(proxy):
     """Factory: an in-process gateway whose classifier is behind the proxy; no cache."""
-    clients: list[TestClient] = []
-
-    def make(**overrides) -> TestClient:
-        kw = dict(
-            classifier_url=proxy.url,
-            generator_url=f"http://127.0.0.1:{dead_port()}",
-            redis_url="",
-            versions_ttl_s=0.2,
-            info_deadline_s=0.5,
-        )
-        kw.update(overrides)
-        client = TestClient(create_app(Settings(**kw)))
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
+    with gateway_clients(
+        classifier_url=proxy.url,
+        generator_url=f"http://127.0.0.1:{dead_port()}",
+        redis_url="",
+        versions_ttl_s=0.2,
+        info_deadline_s=0.5,
+    ) as make:
+        yield make
 
 
 _images: dict[int, bytes] = {}

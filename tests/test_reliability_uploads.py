@@ -19,7 +19,7 @@ from importlib.metadata import version
 import httpx
 import pytest
 from fixtures_images import head_phantom, png_bytes
-from service_helpers import dead_port, start_service, wait_ready
+from service_helpers import dead_port, running_service
 
 pytestmark = pytest.mark.slow
 
@@ -30,23 +30,17 @@ CTYPE = f"multipart/form-data; boundary={BOUNDARY}"
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    from conftest import free_port
-
     env = {
         "GATEWAY_CLASSIFIER_URL": f"http://127.0.0.1:{dead_port()}",
         "GATEWAY_GENERATOR_URL": f"http://127.0.0.1:{dead_port()}",
         "REDIS_URL": "",
         "GATEWAY_MAX_BODY_BYTES": str(LIMIT),
     }
-    gw = start_service("gateway", free_port(), env, tmp_path_factory.mktemp("relu_logs"))
-    try:
-        # Not ready without a classifier: wait for liveness only.
-        wait_ready(gw, path="/livez")
+    # Not ready without a classifier: wait for liveness only.
+    with running_service("gateway", env, tmp_path_factory.mktemp("relu_logs"), ready_path="/livez") as gw:
         # The first upload pays the decoder's lazy imports (seconds); timings below are warm.
         httpx.post(gw.url + "/predict", files={"file": ("w.png", b"warm-up, not an image")}, timeout=120)
         yield gw
-    finally:
-        gw.stop()
 
 
 def part(name: str, value: bytes, filename: str | None = None, extra_headers: bytes = b"") -> bytes:

@@ -23,7 +23,9 @@ from service_helpers import (
     attach_ood_reference,
     classify_count,
     dead_port,
+    gateway_clients,
     progress_count,
+    running_service,
     seed_cache,
     start_service,
     tiny_classifier_artifact,
@@ -32,8 +34,6 @@ from service_helpers import (
 )
 
 from alzprog.constants import CLASSIFIER_MODEL_NAME, STAGES, TRANSITIONS, progression_model_name
-from services.gateway.app import create_app
-from services.gateway.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -78,26 +78,15 @@ def backends(tmp_path_factory, tiny_phantom):
 @pytest.fixture
 def make_gateway(backends, redis_url, key_prefix):
     """Factory: a TestClient on a gateway wired to the backend processes; cleans its Redis keys."""
-    clients = []
     prefix = key_prefix.rstrip(":")
-
-    def make(**overrides) -> TestClient:
-        kw = dict(
-            classifier_url=backends["classifier"].url,
-            generator_url=backends["generator"].url,
-            redis_url=redis_url,
-            cache_prefix=prefix,
-            versions_ttl_s=0.2,
-        )
-        kw.update(overrides)
-        client = TestClient(create_app(Settings(**kw)))
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for c in clients:
-        c.__exit__(None, None, None)
+    with gateway_clients(
+        classifier_url=backends["classifier"].url,
+        generator_url=backends["generator"].url,
+        redis_url=redis_url,
+        cache_prefix=prefix,
+        versions_ttl_s=0.2,
+    ) as make:
+        yield make
     r = redis.Redis.from_url(redis_url)
     for k in r.scan_iter(f"{prefix}:*"):
         r.delete(k)
@@ -715,8 +704,6 @@ def _empty_registry(folder) -> str:
 
 @pytest.fixture(scope="module")
 def gateway_process(backends, tmp_path_factory):
-    from conftest import free_port
-
     env = {
         "GATEWAY_CLASSIFIER_URL": backends["classifier"].url,
         "GATEWAY_GENERATOR_URL": backends["generator"].url,
@@ -725,12 +712,8 @@ def gateway_process(backends, tmp_path_factory):
         # An empty registry, its schema made here: /v1/model-card answers at once.
         "MLFLOW_TRACKING_URI": _empty_registry(tmp_path_factory.mktemp("gw_schema_registry")),
     }
-    gw = start_service("gateway", free_port(), env, tmp_path_factory.mktemp("gw_schema_logs"))
-    try:
-        wait_ready(gw)
+    with running_service("gateway", env, tmp_path_factory.mktemp("gw_schema_logs")) as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
 def test_openapi_fuzzing_finds_no_server_error_and_no_schema_violation(gateway_process):
