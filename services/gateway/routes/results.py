@@ -22,6 +22,8 @@ from services.common.timing import ServerTiming
 from services.gateway import pipeline
 from services.gateway.deps import InFlightDep, StateDep
 from services.gateway.schemas import PredictResponse, ProgressionResponse, VolumeResponse
+from services.gateway.state import GatewayState
+from services.gateway.uploads import Upload
 
 log = logging.getLogger("gateway")
 RESULT_ERRORS = {k: ERROR_RESPONSES[k] for k in (400, 413, 415, 422, 429, 503)}
@@ -48,6 +50,15 @@ def flag(*values: bool | None) -> bool:
     return any(bool(v) for v in values if v is not None)
 
 
+async def _resolved_upload(s: GatewayState, file: UploadFile, nifti_slice: int | None, timing: ServerTiming,
+                           *, need_png: bool) -> Upload:
+    """The upload, hashed and resolved (its record, else decoded and canonicalised), timed as ``upload``."""
+    with timing.phase("upload"):
+        up = await s.decoder.upload(await file.read(), nifti_slice)
+        await up.resolve(need_png=need_png)
+    return up
+
+
 def _answered(response: Response, timing: ServerTiming, t0: float) -> None:
     timing.add("total", time.perf_counter() - t0)
     response.headers["Cache-Control"] = "no-store"
@@ -70,9 +81,7 @@ async def predict(
     timing = ServerTiming()
     t0 = time.perf_counter()
     want_explain = flag(explain, explain_q)
-    with timing.phase("upload"):
-        up = await s.decoder.upload(await file.read(), nifti_slice)
-        await up.resolve(need_png=want_explain)
+    up = await _resolved_upload(s, file, nifti_slice, timing, need_png=want_explain)
     with timing.phase("classify"):
         result, cached = await pipeline.classify(s, up, want_explain, timing, tta=flag(tta, tta_q))
     pipeline.with_quality(result)
@@ -103,9 +112,7 @@ async def progression(
     t0 = time.perf_counter()
     start = start_stage(from_stage, from_stage_q)
     # The upload is resolved even while a backend's circuit is open: its answer may be cached.
-    with timing.phase("upload"):
-        up = await s.decoder.upload(await file.read(), nifti_slice)
-        await up.resolve(need_png=True)
+    up = await _resolved_upload(s, file, nifti_slice, timing, need_png=True)
     if up.decoded:
         # A new upload (no record): its chain is most likely not cached either, so the
         # generator will need the brain mask; compute it while the classifier works.
