@@ -61,20 +61,29 @@ def browser(chromium_path):
 
 
 class PageWatch:
-    """Collects console errors, page errors and CSP violations of one page."""
+    """Collects console errors, page errors and CSP violations of one page, and the URLs of
+    the API requests it sends once :meth:`record_api_calls` is called."""
 
     def __init__(self, page) -> None:
         self.problems: list[str] = []
+        self.api_calls: list[str] = []
         page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
         page.on("pageerror", lambda e: self.problems.append(f"pageerror: {e}"))
 
+    def record_api_calls(self, page) -> None:
+        page.on("request", lambda r: "/api/" in r.url and self.api_calls.append(r.url))
+
 
 def _open(browser, url: str, viewport: dict):
+    """A new context's page on ``url``, ready; ``watch.api_calls`` holds what it sends from then on."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport=viewport, device_scale_factor=1)
     page = context.new_page()
     watch = PageWatch(page)
     page.goto(url)
     page.wait_for_selector("body[data-ready='true']", timeout=15000)
+    # Only the test's own uploads: what the page fetched while loading is not counted.
+    watch.record_api_calls(page)
     return context, page, watch
 
 
@@ -94,11 +103,19 @@ def _upload_volume(page, path: Path, api_calls: list[str]) -> dict:
     return out
 
 
-def _record_api_calls(page) -> list[str]:
-    """The URLs of every request the page sends to the API (filled as they go)."""
-    calls: list[str] = []
-    page.on("request", lambda r: "/api/" in r.url and calls.append(r.url))
-    return calls
+def _upload_slice(page, path: Path, api_calls: list[str], from_stage: str, *, shows_loading: bool = False) -> tuple[str, dict]:
+    """Upload a slice to progress from ``from_stage``; the page must send exactly one
+    /api/progression request (the classifier runs once). Returns its URL and answer."""
+    page.select_option("#opt-from", from_stage)
+    with page.expect_response(lambda r: "/api/progression" in r.url, timeout=120000) as info:
+        page.set_input_files("#file-input", str(path))
+        if shows_loading:
+            # The loading state is shown while the API works.
+            page.wait_for_selector("#status:not([hidden])", timeout=10000)
+    url, answer = info.value.url, info.value.json()
+    _wait_idle(page)
+    assert api_calls == [url], api_calls
+    return url, answer
 
 
 def _sample(oasis_sample_files: list[Path], stage: str) -> Path:
@@ -111,24 +128,14 @@ def test_page_uploads_a_real_oasis_slice_and_shows_stage_bars_gradcam_and_strip(
 ):
     from alzprog.constants import STAGES
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     sample = _sample(oasis_sample_files, "Non Demented")
     context, page, watch = _open(browser, live_stack["frontend"] + "/", DESKTOP)
-    api_calls = _record_api_calls(page)
     try:
         # From Non Demented: three synthetic steps, the widest measurements table.
-        page.select_option("#opt-from", "nd")
-        with page.expect_response(lambda r: "/api/progression" in r.url, timeout=120000) as prog_info:
-            page.set_input_files("#file-input", str(sample))
-            # The loading state is shown while the API works.
-            page.wait_for_selector("#status:not([hidden])", timeout=10000)
-        assert "explain=true" in prog_info.value.url and "from_stage=nd" in prog_info.value.url
-        progression = prog_info.value.json()
+        url, progression = _upload_slice(page, sample, watch.api_calls, "nd", shows_loading=True)
+        assert "explain=true" in url and "from_stage=nd" in url
         assert len(progression["steps"]) == 3
         predict = progression  # the one answer carries the classification too
-        _wait_idle(page)
-        # One request per upload: the classifier runs once.
-        assert api_calls == [prog_info.value.url], api_calls
 
         # What the page shows is what the real API answered.
         assert predict["model"]["version"] == live_stack["versions"]["alzheimer-stage-classifier"]
@@ -212,19 +219,12 @@ def test_page_uploads_a_real_oasis_slice_and_shows_stage_bars_gradcam_and_strip(
 def test_page_on_a_phone_starts_from_non_demented_and_gets_three_synthetic_stages(
     live_stack, browser, oasis_sample_files
 ):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     sample = _sample(oasis_sample_files, "Mild Dementia")
     context, page, watch = _open(browser, live_stack["frontend"] + "/", PHONE)
-    api_calls = _record_api_calls(page)
     try:
-        page.select_option("#opt-from", "nd")
-        with page.expect_response(lambda r: "/api/progression" in r.url, timeout=120000) as prog_info:
-            page.set_input_files("#file-input", str(sample))
-        assert "from_stage=nd" in prog_info.value.url
-        progression = prog_info.value.json()
+        url, progression = _upload_slice(page, sample, watch.api_calls, "nd")
+        assert "from_stage=nd" in url
         predicted = progression["stage"]
-        _wait_idle(page)
-        assert api_calls == [prog_info.value.url], api_calls
         assert page.inner_text("#stage-name") == predicted
         assert progression["from_stage"] == "Non Demented"
         assert [s["stage"] for s in progression["steps"]] == ["Very mild Dementia", "Mild Dementia", "Moderate Dementia"]
@@ -361,13 +361,11 @@ def test_page_stages_a_whole_nifti_volume_and_lists_its_slices(live_stack, brows
     src = Path(nilearn.__file__).parent / "datasets" / "data" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
     if not src.is_file():
         pytest.skip("nilearn ships no MNI152 T1 here")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     named = tmp_path / "head.nii.gz"
     shutil.copy(src, named)
     context, page, watch = _open(browser, live_stack["frontend"] + "/", DESKTOP)
-    api_calls = _record_api_calls(page)
     try:
-        out = _upload_volume(page, named, api_calls)
+        out = _upload_volume(page, named, watch.api_calls)
         assert page.inner_text("#stage-name") == out["stage"]
         assert page.is_visible("#volume")
         rows = page.locator("#slices-table tbody tr")
@@ -395,10 +393,9 @@ def test_page_sends_a_zipped_dicom_series_to_the_volume_route_and_lists_its_slic
     named = tmp_path / "series.zip"
     named.write_bytes(_series_zip(data, affine, "axial"))
     context, page, watch = _open(browser, live_stack["frontend"] + "/", DESKTOP)
-    api_calls = _record_api_calls(page)
     try:
         page.uncheck("#opt-progression")
-        out = _upload_volume(page, named, api_calls)
+        out = _upload_volume(page, named, watch.api_calls)
         assert out["volume"]["source_orientation"] == "LPS"
         rows = page.locator("#slices-table tbody tr")
         assert rows.count() == len(out["slices"])
@@ -418,11 +415,9 @@ def test_page_warns_of_a_slice_unlike_the_training_data_and_shows_the_tta_spread
     from alzprog.decode import encode_png
     from alzprog.quality import OUT_OF_DISTRIBUTION
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     named = tmp_path / "coronal.png"
     named.write_bytes(encode_png(ood.template_probes(per_set=2)["coronal"][1]))
     context, page, watch = _open(browser, live_stack["frontend"] + "/", DESKTOP)
-    api_calls = _record_api_calls(page)
     try:
         page.uncheck("#opt-progression")
         page.check("#opt-tta")
@@ -431,7 +426,7 @@ def test_page_warns_of_a_slice_unlike_the_training_data_and_shows_the_tta_spread
         assert info.value.status == 200, info.value.text()
         out = info.value.json()
         _wait_idle(page)
-        assert len(api_calls) == 1 and "tta=true" in api_calls[0], api_calls
+        assert len(watch.api_calls) == 1 and "tta=true" in watch.api_calls[0], watch.api_calls
         assert out["quality"]["out_of_distribution"] is True
         assert page.is_visible("#quality-notices")
         notice = page.locator("#quality-list li[data-code='%s']" % OUT_OF_DISTRIBUTION)
@@ -458,7 +453,6 @@ def test_model_card_panel_shows_the_registry_champions(live_stack, browser):
     assert clf.available and clf.registered_at and clf.run_id
     assert "val_macro_f1" in clf.tags and clf.metrics.get("best_val_macro_f1") is not None
     assert all(not k.startswith(("mlflow.", "alzprog.artifact_sha256")) for m in card.models for k in (m.tags or {}))
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     context, page, watch = _open(browser, live_stack["frontend"] + "/", DESKTOP)
     try:
         page.click("#model-card summary")
