@@ -154,13 +154,15 @@ def serving_graph(model_dir: str | Path) -> bytes:
 
 
 def quantize_graph(graph: bytes, out_path: str | Path, reader: SliceCalibrationReader, fmt: str = DEFAULT_FORMAT,
-                   per_channel: bool = True) -> Path:
+                   per_channel: bool = True, keep_fp32: Sequence[str] = ()) -> Path:
     """Static int8 quantization of an fp32 ONNX graph with ONNX Runtime (``quantize_static``).
 
     ``fmt``: ``qdq`` (QuantizeLinear/DequantizeLinear pairs that ORT fuses into int8 kernels) or
     ``qoperator`` (QLinearConv and friends). Weights int8 (per output channel with
     ``per_channel``), activations uint8, ranges from MinMax calibration over ``reader``. The graph
     is first put through ORT's quantization pre-processing (shape inference and fusions).
+    ``keep_fp32``: name prefixes of backbone nodes to leave in fp32 as well (e.g. ``/features.2/``,
+    a whole stage; benchmarks/int8_diagnose.py quantizes one stage at a time).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -183,7 +185,7 @@ def quantize_graph(graph: bytes, out_path: str | Path, reader: SliceCalibrationR
             log.warning("quantization pre-processing failed (%s); quantizing the graph without it", exc)
             pre = src
         model = onnx.load(str(pre))
-        keep = backbone_nodes(model)
+        keep = {n for n in backbone_nodes(model) if not any(n.startswith(p) for p in keep_fp32)}
         reader.rewind()
         # The quantizer logs every unquantized integer tensor and adjusted scale on the root logger.
         root = logging.getLogger()
