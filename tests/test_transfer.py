@@ -85,9 +85,24 @@ def test_phase1_features_are_cached_and_reused(transfer_run, tiny_split, tmp_pat
         raise AssertionError("features recomputed although cached")
 
     monkeypatch.setattr(tc, "pooled_features", refuse)
+    # Without phase 2 the backbone is phase 1's: calibration takes the kept validation
+    # features too, and the head on them gives the model's own logits.
+    kept = tc._logits_from_kept_features
+    checked = []
+
+    def compare(model, ds):
+        logits = kept(model, ds)
+        assert logits is not None, "calibration did not find phase 1's validation features"
+        direct = tc.predict_logits(model, ds, torch.device("cpu"), 16, progress=False)
+        np.testing.assert_allclose(logits, direct, rtol=1e-4, atol=1e-4)
+        checked.append(len(logits))
+        return logits
+
+    monkeypatch.setattr(tc, "_logits_from_kept_features", compare)
     rc = cli_main(["train", "classifier", "--split", str(tiny_split), "--out", str(tmp_path / "again"),
                    *TRANSFER_TINY, "--phase2-epochs", "0"])
     assert rc == 0
+    assert checked and checked[0] > 0
 
 
 def test_report_carries_every_baseline(transfer_run, tiny_split, tmp_path):

@@ -213,15 +213,19 @@ def bootstrap(
     if transitions:
         from alzprog.data.split import load_split
         from alzprog.training.config import load_config
-        from alzprog.training.progression import train_transition
+        from alzprog.training.progression import split_pair_cache, train_transition
 
         overrides = dict(p.progression_overrides)
         overrides.setdefault("progress", echo)
         cfg = load_config("progression", "quick", overrides=overrides)
         frames = load_split(split_dir, sides=("train", "val"))
+        # A middle stage is one transition's target and the next one's source: canonicalise once.
+        with _Timer(report, "canonicalise the generators' pairs", echo):
+            cache = split_pair_cache(frames, progress=echo)
         for slug in transitions:
             with _Timer(report, f"train the quick {slug} generator", echo):
-                r = train_transition(split_dir, slug, cfg, out_dir=work / "progression" / slug, register=True, promote=True, frames=frames)
+                r = train_transition(split_dir, slug, cfg, out_dir=work / "progression" / slug, register=True, promote=True,
+                                     frames=frames, cache=cache)
             report.trained.append(f"{r.model_name} v{r.version}")
 
     report.champions = champion_versions()

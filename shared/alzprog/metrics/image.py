@@ -75,10 +75,11 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, win_size
     Uniform window with the unbiased (sample) covariance, as scikit-image's default.
     """
     a, b = a.double(), b.double()
-    kernel = torch.ones(1, 1, win_size, win_size, dtype=a.dtype, device=a.device) / win_size**2
 
     def filt(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, kernel)
+        # The uniform window as a pooling: the same sums as a convolution with ones / n, and
+        # float64 pooling has a fast CPU kernel where a float64 convolution has none.
+        return F.avg_pool2d(t, win_size, stride=1)
 
     n = win_size**2
     cov_norm = n / (n - 1.0)
@@ -92,11 +93,14 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, win_size
 
 def ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None, data_range: float = 1.0) -> torch.Tensor:
     """Per-image mean SSIM; with a mask, the mean of the SSIM map over brain pixels only."""
-    s = ssim_map(a, b, data_range)
+    return _ssim_mean(ssim_map(a, b, data_range), mask, a)
+
+
+def _ssim_mean(s: torch.Tensor, mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     pad = SSIM_WIN // 2
     if mask is None:
         return s.mean(dim=(1, 2, 3))
-    m = _as_mask(mask, a)[..., pad:-pad, pad:-pad]
+    m = _as_mask(mask, like)[..., pad:-pad, pad:-pad]
     return (s * m).sum(dim=(1, 2, 3)) / m.sum(dim=(1, 2, 3)).clamp_min(1.0)
 
 
@@ -106,10 +110,11 @@ def pixel_metrics(pred: Any, target: Any, mask: Any | None = None) -> dict[str, 
     ``pred``/``target``: uint8 (N,H,W)/(H,W) or generator-range float tensors; ``mask``: bool/0-1.
     """
     a, b = to_unit(pred), to_unit(target)
-    out = {"mse": mse(a, b), "psnr": psnr(a, b), "ssim": ssim(a, b)}
+    s = ssim_map(a, b)  # once, for the whole frame and the brain
+    out = {"mse": mse(a, b), "psnr": psnr(a, b), "ssim": _ssim_mean(s, None, a)}
     if mask is not None:
         m = _as_mask(mask, a)
-        out.update(mse_brain=mse(a, b, m), psnr_brain=psnr(a, b, m), ssim_brain=ssim(a, b, m))
+        out.update(mse_brain=mse(a, b, m), psnr_brain=psnr(a, b, m), ssim_brain=_ssim_mean(s, m, a))
     return {k: v.cpu().numpy() for k, v in out.items()}
 
 

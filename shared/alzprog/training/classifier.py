@@ -509,10 +509,26 @@ def cached_features(model: nn.Module, ds, device: torch.device, batch_size: int,
     dataset's canonical pixels (the canonical cache's own content key and the row order), so a
     rerun or the random-label control of the same split reuses them, and any change recomputes.
     """
+    path = _features_path(model, ds)
+    if path is None:
+        return pooled_features(model, ds, device, batch_size, amp, desc, progress)
+    if path.is_file():
+        log.info("%s: reusing %s", desc, path)
+        return np.load(path)
+    feats = pooled_features(model, ds, device, batch_size, amp, desc, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, feats)
+    tmp.replace(path)
+    return feats
+
+
+def _features_path(model: nn.Module, ds) -> Path | None:
+    """Where :func:`cached_features` keeps this backbone's features of ``ds`` (None: not kept)."""
     from alzprog.paths import data_home
 
     if getattr(ds.cache, "directory", None) is None:
-        return pooled_features(model, ds, device, batch_size, amp, desc, progress)
+        return None
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         if not name.startswith("classifier."):
@@ -523,16 +539,19 @@ def cached_features(model: nn.Module, ds, device: torch.device, batch_size: int,
     head_spec = [list(lite_cfg.feature_stages or ()), list(lite_cfg.pooling)] if lite_cfg is not None else None
     h.update(json.dumps([ds.size, ds.mean, ds.std, str(ds.cache.directory.name), head_spec]).encode())
     h.update(np.asarray(ds.rows, dtype=np.int64).tobytes())
-    path = data_home() / "cache" / f"features-{h.hexdigest()[:24]}.npy"
-    if path.is_file():
-        log.info("%s: reusing %s", desc, path)
-        return np.load(path)
-    feats = pooled_features(model, ds, device, batch_size, amp, desc, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, feats)
-    tmp.replace(path)
-    return feats
+    return data_home() / "cache" / f"features-{h.hexdigest()[:24]}.npy"
+
+
+@torch.no_grad()
+def _logits_from_kept_features(model: nn.Module, ds) -> np.ndarray | None:
+    """The model's logits of ``ds`` from features already kept for its exact backbone (a run
+    whose backbone never left phase 1), else None. The head on the pooled features is the
+    model's own forward in eval, so this only skips recomputing them."""
+    path = _features_path(model, ds)
+    if path is None or not path.is_file():
+        return None
+    device = next(model.classifier.parameters()).device
+    return model.classifier(torch.from_numpy(np.load(path)).to(device)).float().cpu().numpy()
 
 
 def _head_on_cached_features(model, train_ds, val_ds, train_df, val_labels, val_subjects, cfg, pcfg, optimizer,
@@ -612,8 +631,10 @@ def _finish_main(cfg, split_dir, model, best, history, train_df, val_df, val_ds,
 
     model.load_state_dict(best["state"])
     model.eval()
-    vlogits = predict_logits(model, val_ds, device, int(cfg.get("eval_batch_size", 64)), None, amp,
-                             desc="calibrate", progress=progress)
+    vlogits = _logits_from_kept_features(model, val_ds)
+    if vlogits is None:
+        vlogits = predict_logits(model, val_ds, device, int(cfg.get("eval_batch_size", 64)), None, amp,
+                                 desc="calibrate", progress=progress)
     temperature = cm.fit_temperature(vlogits, val_labels)
     before = evaluate_logits(vlogits, val_labels, val_subjects, 1.0)
     after = evaluate_logits(vlogits, val_labels, val_subjects, temperature)

@@ -767,9 +767,15 @@ def calibrate_gain(gen: nn.Module, val: PairData, device: torch.device, grid: Se
     much the generator moves the brain, not where (the change correlation is scale-free).
     """
     from alzprog.metrics.change import change_fidelity
+    from alzprog.metrics.image import mse, to_unit
 
     mask = val.source_mask | val.target_mask
-    identity_mse = brain_metrics(val.source, val.target, mask)["mse_brain"]
+    target, in_brain = to_unit(val.target), torch.as_tensor(mask)
+
+    def mse_brain(images: np.ndarray) -> float:  # the one figure the choice needs (no SSIM)
+        return float(mse(to_unit(images), target, in_brain).mean())
+
+    identity_mse = mse_brain(val.source)
     before = float(gen.gain)
     rows = []
     try:
@@ -778,7 +784,7 @@ def calibrate_gain(gen: nn.Module, val: PairData, device: torch.device, grid: Se
             pred = generate(gen, val.source, val.source_mask, device)
             fid = change_fidelity(val.source, pred, val.target, val.source_mask, mask)
             rows.append({"gain": float(g), "growth_ratio": fid["growth_ratio"], "change_corr": fid["change_corr"],
-                         "mse_brain": brain_metrics(pred, val.target, mask)["mse_brain"]})
+                         "mse_brain": mse_brain(pred)})
     finally:
         gen.gain = before
     ok = [r for r in rows if r["mse_brain"] <= identity_mse and np.isfinite(r["growth_ratio"]) and r["growth_ratio"] > 0]
