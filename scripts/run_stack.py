@@ -232,7 +232,9 @@ def run() -> int:
                     "--artifacts-destination", str(store / "artifacts"),
                     "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
                 ],
-                base_env,
+                # No job-execution workers: MLflow otherwise forks huey consumers that the
+                # registry never uses and that poll beside the bootstrap's training.
+                {**base_env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
                 ready_url=f"{mlflow_url}/health",
             )
             wait_ready(stack, [mlflow], timeout=180)
