@@ -131,8 +131,10 @@ def test_runtime_scores_every_slice_with_onnx_features_equal_to_pytorch(trained_
         expected = ref.distance(forward_features(rt._torch(), feats).double().numpy())
     for b, s, e in zip(batch, single, expected):
         assert b["ood"]["threshold"] == s["ood"]["threshold"] == pytest.approx(ref.threshold)
-        assert s["ood"]["score"] == pytest.approx(float(e), rel=1e-2)
-        assert b["ood"]["score"] == pytest.approx(float(e), rel=1e-2)
+        # The distance magnifies the float32 differences between ORT's and PyTorch's features
+        # (larger on CPUs without AVX-512, where both use other kernels).
+        assert s["ood"]["score"] == pytest.approx(float(e), rel=2e-2)
+        assert b["ood"]["score"] == pytest.approx(float(e), rel=2e-2)
         assert s["ood"]["out_of_distribution"] == (s["ood"]["score"] > ref.threshold)
 
 

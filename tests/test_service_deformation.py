@@ -30,7 +30,9 @@ def deform_runtime(tmp_path_factory):
         for p in model.parameters():
             p.add_(0.2 * torch.randn_like(p))
     out = tmp_path_factory.mktemp("deform")
-    save_artifact(out, model, cfg, torch.randn(1, 2, 256, 256), onnx_atol=1e-3)
+    # A random-weight generator: ORT's and PyTorch's float32 kernels round differently, and
+    # more so on CPUs without AVX-512 (other kernels); the tolerance covers both.
+    save_artifact(out, model, cfg, torch.randn(1, 2, 256, 256), onnx_atol=2e-3)
     ref = ModelRef("alzheimer-progression-nd-vmd", "1", out, json.loads((out / "config.json").read_text()))
     return GeneratorRuntime(ref, "torch", ["CPUExecutionProvider"], thread_policy(1, 1), None, "fp32")
 
