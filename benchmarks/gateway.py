@@ -95,6 +95,30 @@ def _cached_is(expected: bool, steps: int | None = None):  # noqa: ANN202
     return check
 
 
+def _png_rows(image: Any, warm: int, repeats: int) -> list[Measurement]:
+    """Marking + PNG encoding of three steps in process, at the served level and at level 6."""
+    import io
+
+    from PIL import Image
+
+    from alzprog.decode import png_data_url
+    from alzprog.preprocessing import mark_synthetic
+
+    def level6(marked: Any) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(marked).save(buf, format="PNG", optimize=False, compress_level=6)
+        return buf.getvalue()
+
+    rows = []
+    for variant, encode in (("mark + PNG x3, served zlib level", png_data_url), ("mark + PNG x3, zlib level 6", level6)):
+        stats = time_callable(lambda encode=encode: [encode(mark_synthetic(image)) for _ in range(3)],
+                              warmup=warm, repeats=repeats)
+        rows.append(measurement("gateway", "/progression c1", variant, stats, unit="request",
+                                baseline="original eager pipeline",
+                                note="in process, one after another, on the sample's canonical slice"))
+    return rows
+
+
 def delete_prefix(url: str, prefix: str) -> int:
     """Delete the keys of this run (``prefix*``) with SCAN + DEL; returns how many."""
     import redis
@@ -144,10 +168,10 @@ def run(stack: BenchStack, *, quick: bool = False, repeats: int = 30) -> tuple[l
     warm = 1 if quick else 3
     upload = sample_upload()
     n_pool = warm + max(n_miss, n_prog, rounds * per_round)
-    uploads = unique_uploads(upload, 6 * n_pool + 1)
+    uploads = unique_uploads(upload, 8 * n_pool + 1)
     # Disjoint pools: an upload used once is cached, so each miss series needs its own.
-    miss_pool, prog_pool, prog2_pool, prog3_pool, prog4_pool, prog5_pool = (
-        uploads[k * n_pool:(k + 1) * n_pool] for k in range(6))
+    miss_pool, prog_pool, prog2_pool, prog3_pool, prog4_pool, prog5_pool, prog6_pool, prog7_pool = (
+        uploads[k * n_pool:(k + 1) * n_pool] for k in range(8))
     rows: list[Measurement] = []
     try:
         # /predict miss: request i (warm-up ones negative) gets its own upload.
@@ -201,21 +225,30 @@ def run(stack: BenchStack, *, quick: bool = False, repeats: int = 30) -> tuple[l
                                         baseline="original eager pipeline",
                                         note="classify, then 3 generator steps" if guess == "-1" else
                                         "chain from Very mild started beside the classifier, then the right one from Non Demented"))
-            # The generator's serving tricks switched off in the same run: ONNX Runtime fp32
-            # forced, so no backend timing at load, no bf16, no folded batch norms, no
-            # channels-last and no allocator thresholds (those apply to eager torch only).
-            plain = stack.start_generator(name="generator-plain",
-                                          extra_env={"GENERATOR_BACKEND": "onnxruntime", "GENERATOR_PRECISION": "fp32"})
-            other = stack.start_gateway(url, prefix, name="gateway-plain-generator", generator=plain.name)
-            try:
-                stats = run_load(other.url, lambda i: upload_request("/progression", prog5_pool[i + warm if i >= 0 else -i - 1]),
-                                 concurrency=1, n_requests=n_prog, warmup=warm, check=_cached_is(False, steps=3))
-            finally:
-                stack.stop(other.name)
-                stack.stop(plain.name)
-            rows.append(measurement("gateway", "/progression c1", "alzprog gateway, generator ORT fp32 forced", stats,
-                                    unit="request", baseline="original eager pipeline",
-                                    note="generator tricks off: no backend choice by timing, no bf16/BN folding/channels-last/mallopt"))
+            # The generator's serving choices switched off or forced in the same run, each
+            # through a second generator service: ONNX Runtime fp32 forced (no backend timing at
+            # load, no bf16); eager PyTorch forced; and eager PyTorch with glibc's allocator
+            # thresholds raised (the removed mallopt trick, set here through the environment).
+            glibc = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(512 << 20)}
+            for variant, env, pool, note in (
+                ("alzprog gateway, generator ORT fp32 forced", {"GENERATOR_BACKEND": "onnxruntime", "GENERATOR_PRECISION": "fp32"},
+                 prog5_pool, "no backend choice by timing, no bf16"),
+                ("alzprog gateway, generator torch forced", {"GENERATOR_BACKEND": "torch"},
+                 prog6_pool, "eager PyTorch channels-last (bf16 where the CPU has it and the model passes)"),
+                ("alzprog gateway, generator torch forced + glibc thresholds", {"GENERATOR_BACKEND": "torch", **glibc},
+                 prog7_pool, "as the row above, with MALLOC_MMAP_THRESHOLD_=256 MiB, MALLOC_TRIM_THRESHOLD_=512 MiB"),
+            ):
+                plain = stack.start_generator(name="generator-variant", extra_env=env)
+                other = stack.start_gateway(url, prefix, name="gateway-variant", generator=plain.name)
+                try:
+                    stats = run_load(other.url, lambda i, pool=pool: upload_request("/progression", pool[i + warm if i >= 0 else -i - 1]),
+                                     concurrency=1, n_requests=n_prog, warmup=warm, check=_cached_is(False, steps=3))
+                    backends = _generator_backends(plain.url)
+                finally:
+                    stack.stop(other.name)
+                    stack.stop(plain.name)
+                rows.append(measurement("gateway", "/progression c1", variant, stats, unit="request",
+                                        baseline="original eager pipeline", note=f"{note}; backends {backends}"))
             # Where the time goes: the generator chain alone, straight to the generator service.
             gen_spec = _generator_request(upload)
             stats = run_load(stack.procs["generator"].url, lambda i: gen_spec, concurrency=1, n_requests=n_prog,
@@ -234,6 +267,10 @@ def run(stack: BenchStack, *, quick: bool = False, repeats: int = 30) -> tuple[l
     stats = time_callable(lambda: load_canonical(hot), warmup=warm, repeats=n_miss)
     rows.append(measurement("gateway", "/predict c1", "in-process decode + canonicalise", stats, unit="request",
                             baseline="cache miss", note="what a hit keyed by the canonical pixels alone would add; skipped by the upload record"))
+
+    # What the answer's three SYNTHETIC images cost to mark and encode, one after another as the
+    # generator does it: at the served zlib level, and at Pillow's default level 6.
+    rows.extend(_png_rows(load_canonical(hot).image, warm, n_miss))
 
     # The original-style pipeline, timed in rounds beside the gateway's /progression above.
     rows.append(measurement("gateway", "/progression c1", "original eager pipeline", eager_stats, unit="request",

@@ -9,12 +9,24 @@ benchmark machine may be shared: a row measured under load says so instead of hi
 from __future__ import annotations
 
 import gc
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def write_result(data: Any, kind: str, results: Path = RESULTS) -> Path:
+    """Write ``data`` as ``<results>/<UTC yyyymmdd-HHMM>-<kind>.json`` (numpy figures as floats); returns the path."""
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{time.strftime('%Y%m%d-%H%M', time.gmtime())}-{kind}.json"
+    path.write_text(json.dumps(data, indent=2, default=float))
+    return path
 
 
 @dataclass

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.harness import write_result
 
 
 def _cpu_flags() -> list[str]:
@@ -124,9 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"check {fmt}: {'passed' if c['passed'] else 'FAILED'}; subject macro-F1 int8 {c['macro_f1_int8']:.4f} vs fp32 "
               f"{c['macro_f1_fp32']:.4f}; max |dp| {c['max_abs_prob']:.4f}, mean |dp| {c['mean_abs_prob']:.5f}; {c['reasons']}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{time.strftime('%Y%m%d-%H%M')}-int8-classifier.json"
-    path.write_text(json.dumps(out, indent=2))
+    path = write_result(out, "int8-classifier")
     print(f"wrote {path}")
     return 0
 

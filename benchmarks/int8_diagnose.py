@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.harness import write_result
+
 SCALES = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
 
 
@@ -122,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 fig = _figures(compare_outputs(fp32, (logits, f), labels, subjects, temperature, ood_reference=ref))
                 out["scaled_feature_error"][str(s)] = fig
                 print(_line(f"feature error x{s}", fig), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{time.strftime('%Y%m%d-%H%M')}-int8-diagnose.json"
-    path.write_text(json.dumps(out, indent=2))
+    path = write_result(out, "int8-diagnose")
     print(f"wrote {path}")
     return 0
 

@@ -364,7 +364,7 @@ def main() -> int:
 
     from alzprog.paths import data_home
     from services.classifier.settings import Settings as ClassifierSettings
-    from services.common.cpu import available_cpus
+    from alzprog.inference.runtime import available_cpus
     from services.gateway.settings import Settings as GatewaySettings
 
     # Admission capacity from the settings the services read (the same environment).

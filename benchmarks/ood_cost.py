@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.harness import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -60,8 +62,7 @@ def main() -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     out = {"stamp": time.strftime("%Y%m%d-%H%M", time.gmtime()), "predict_median_ms_per_round": rounds,
            "slices": len(images), "load_average": os.getloadavg(), "cpus": os.cpu_count()}
-    path = ROOT / "benchmarks" / "results" / f"{out['stamp']}-ood-cost.json"
-    path.write_text(json.dumps(out, indent=2))
+    path = write_result(out, "ood-cost")
     print(json.dumps(out, indent=2))
     print(f"wrote {path}")
 

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.harness import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 OASIS = Path("/work/shared/oasis-samples")
 
@@ -195,8 +197,7 @@ def main() -> None:
         "tta_std_of_predicted_stage": {"median": float(np.median(spread)), "max": float(max(spread))},
         "load_average": load, "cpus": os.cpu_count(), "train_or_load_s": train_s,
     }
-    path = ROOT / "benchmarks" / "results" / f"{out['stamp']}-ood-tta.json"
-    path.write_text(json.dumps(out, indent=2))
+    path = write_result(out, "ood-tta")
     print(f"threshold {out['threshold']:.3f}; load average {load[0]:.2f}")
     print("| set | slices | refused by the gate | scored | warned | rate | median score |")
     print("|---|---|---|---|---|---|---|")

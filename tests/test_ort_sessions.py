@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions of the model services: the adaptive thread policy (services/common/ort.py)."""
+"""ONNX Runtime sessions of the model services: the adaptive thread policy (alzprog/inference/runtime.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.common.ort import AdaptiveSession, ThreadPolicy, make_session, thread_policy
+from alzprog.inference.runtime import AdaptiveSession, ThreadPolicy, make_session, thread_policy
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_fixed_threads_or_a_gpu_provider_list_give_one_plain_session(conv_onnx: 
 def test_torch_threads_follow_the_adaptive_policy() -> None:
     """Eager PyTorch's process-wide thread count: all CPUs for a lone chain, the shared count
     while chains overlap or the caller says other work shares the machine, back after."""
-    from services.common.ort import TorchThreads
+    from alzprog.inference.runtime import TorchThreads
 
     before = torch.get_num_threads()
     threads = TorchThreads(ThreadPolicy(solo=2, shared=1))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from service_helpers import make_precision_sensitive, tiny_generator_artifact
 
@@ -63,23 +62,3 @@ def test_a_precision_sensitive_generator_is_refused(tmp_path):
 
 def test_native_bf16_is_reported_as_a_bool():
     assert isinstance(cpu_bf16_native(), bool)
-
-
-def test_folding_batchnorm_keeps_the_output(tmp_path):
-    import copy
-
-    from alzprog.models.fusion import fold_batchnorm
-
-    model = load_artifact(tiny_generator_artifact(tmp_path / "g", seed=5)).model.eval()
-    with torch.no_grad():  # non-trivial running statistics, as after training
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    folded = fold_batchnorm(copy.deepcopy(model))
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    x = torch.randn(2, 2, 256, 256)
-    with torch.inference_mode():
-        assert torch.allclose(folded(x), model(x), atol=1e-5)
-    with pytest.raises(ValueError, match="eval mode"):
-        fold_batchnorm(copy.deepcopy(model).train())

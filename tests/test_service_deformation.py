@@ -17,7 +17,7 @@ def deform_runtime(tmp_path_factory):
     from alzprog.models import build_model
     from alzprog.models.progression_generator import ARCHS, generator_config
     from services.common.model_slot import ModelRef
-    from services.common.ort import thread_policy
+    from alzprog.inference.runtime import thread_policy
     from services.generator.model_holder import GeneratorRuntime
 
     if "deform" not in ARCHS:
@@ -67,7 +67,7 @@ def test_an_intensity_generator_has_no_displacement(tmp_path):
     from service_helpers import tiny_generator_artifact
 
     from services.common.model_slot import ModelRef
-    from services.common.ort import thread_policy
+    from alzprog.inference.runtime import thread_policy
     from services.generator.model_holder import GeneratorRuntime
 
     out = tiny_generator_artifact(tmp_path / "g")

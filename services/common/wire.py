@@ -23,7 +23,7 @@ CONTENT_TYPE = "application/octet-stream"
 SHAPE_HEADER = "X-Canonical-Shape"
 # Sent by the gateway when it runs this request beside other model work on the same machine
 # (the speculative /progression chain): the model service should then use its one-thread
-# session and not count the run as a lone one (services.common.ort.AdaptiveSession).
+# session and not count the run as a lone one (alzprog.inference.runtime.AdaptiveSession).
 OVERLAP_HEADER = "X-Overlapped-Work"
 _SHAPE = re.compile(r"^\s*(\d{1,4})x(\d{1,4})\s*$")
 

@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.common.app import build_app, serve
-from services.common.cpu import available_cpus
+from alzprog.inference.runtime import available_cpus
 from services.common.logs import configure_logging
 from services.gateway.admission import InFlight, InFlightLimitMiddleware
 from services.gateway.auth import ApiKeyMiddleware

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import random
 import time
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import httpx
@@ -88,25 +89,17 @@ def _error_code(resp: httpx.Response) -> tuple[str, str]:
         return "", ""
 
 
+@dataclass
 class BackendClient:
     """One backend (classifier or generator) behind a shared ``httpx.AsyncClient``."""
 
-    def __init__(
-        self,
-        name: str,
-        base_url: str,
-        http: httpx.AsyncClient,
-        *,
-        retries: int,
-        backoff_base_s: float,
-        breaker: CircuitBreaker,
-    ) -> None:
-        self.name = name
-        self.base_url = base_url
-        self.http = http
-        self.retries = retries
-        self.backoff_base_s = backoff_base_s
-        self.breaker = breaker
+    name: str
+    base_url: str
+    http: httpx.AsyncClient
+    _: KW_ONLY
+    retries: int
+    backoff_base_s: float
+    breaker: CircuitBreaker
 
     async def call(
         self,

@@ -43,7 +43,7 @@ from services.gateway.cache import ResultCache, SingleFlight
 log = logging.getLogger("gateway.uploads")
 PNG_DATA_URL = "data:image/png;base64,"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-# Hash bodies larger than this off the event loop (SHA-256 runs at roughly 1 GB/s).
+# Hash bodies larger than this off the event loop, so a large upload does not stall other requests.
 _HASH_INLINE_BYTES = 1 << 20
 
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
-from functools import lru_cache
+from concurrent.futures import Executor
 from typing import Any, Callable
 
 import numpy as np
@@ -60,7 +59,7 @@ class GeneratorRuntime:
         if backend in ("auto", "torch") or self.session is None:
             from alzprog.artifacts import load_artifact
 
-            # Prepared for serving: batch norms folded, channels-last (docs/performance.md).
+            # Prepared for serving: channels-last (docs/performance.md).
             self.torch = TorchTransition(load_artifact(ref.local_dir).model, serving=True)
             candidates["torch"] = self._run_torch
             if self._bf16_allowed(precision):
@@ -198,27 +197,22 @@ def run_chain(
     transition with the synthetic image (marked SYNTHETIC, PNG data URL), the model version and
     its change map, change figures and morphometrics (:func:`alzprog.change_map.describe_chain`),
     and the input's morphometrics.
-    The forwards run in turn (each needs the previous output); each step's marking and PNG
-    encoding starts in the encode pool as soon as its forward ends, beside the next forward
-    (Pillow's encoder releases the GIL), so only the last step's encoding waits at the end.
-    ``timing`` gets ``forward`` (all forwards), ``describe`` (the change maps and measurements)
-    and ``png`` (the wait for the encodings after).
+    The forwards run in turn (each needs the previous output), then every step is described
+    and marked + PNG-encoded. ``timing`` gets ``forward`` (all forwards), ``describe`` (the
+    change maps and measurements) and ``png`` (marking and encoding).
     ``overlapped`` (the caller runs other model work beside this chain) and ``torch_threads``
     (the process's eager-PyTorch thread policy) set the threads per forward.
     """
     t0 = time.perf_counter()
-    pool = _encode_pool()
-    encodings = []
     with model_work(torch_threads, overlapped):
-        outputs = run_transitions(image, mask, [served.model for _, served in chain], with_displacements=True,
-                                  on_output=lambda _k, out: encodings.append(pool.submit(_synthetic_data_url, out)))
+        outputs = run_transitions(image, mask, [served.model for _, served in chain], with_displacements=True)
     t1 = time.perf_counter()
     # Change maps and measurements of every step against the input (alzprog.change_map).
     from alzprog.change_map import describe_chain
 
     input_morphometry, described = describe_chain(image, outputs.images, mask, outputs.displacements)
     t2 = time.perf_counter()
-    images = [f.result() for f in encodings]
+    images = [_synthetic_data_url(out) for out in outputs.images]
     if timing is not None:
         timing.add("forward", t1 - t0)
         timing.add("describe", t2 - t1)
@@ -241,8 +235,3 @@ def _synthetic_data_url(image: np.ndarray) -> str:
 
     return png_data_url(mark_synthetic(image))
 
-
-@lru_cache(maxsize=1)
-def _encode_pool() -> ThreadPoolExecutor:
-    """Threads for marking + PNG-encoding a chain's steps at once (one per step, at most 3)."""
-    return ThreadPoolExecutor(max_workers=len(STAGES) - 1, thread_name_prefix="png")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 
 from alzprog.constants import STAGES, stage_index
 
@@ -50,6 +51,29 @@ def flag(*values: bool | None) -> bool:
     return any(bool(v) for v in values if v is not None)
 
 
+@dataclass(frozen=True)
+class ResultOptions:
+    """What ``/predict`` and ``/progression`` both take beside the upload."""
+
+    explain: bool
+    tta: bool
+    nifti_slice: int | None
+
+
+def result_options(
+    explain: Annotated[bool | None, Form(description="include the Grad-CAM overlay")] = None,
+    nifti_slice: Annotated[int | None, Form(ge=0, le=4096, description="axial slice of a NIfTI volume (default: central)")] = None,
+    tta: Annotated[bool | None, Form(description=TTA_HELP)] = None,
+    explain_q: Annotated[bool | None, Query(alias="explain", description="same as the form field")] = None,
+    tta_q: Annotated[bool | None, Query(alias="tta", description="same as the form field")] = None,
+) -> ResultOptions:
+    """The switches, each as a form field or a query parameter."""
+    return ResultOptions(explain=flag(explain, explain_q), tta=flag(tta, tta_q), nifti_slice=nifti_slice)
+
+
+OptionsDep = Annotated[ResultOptions, Depends(result_options)]
+
+
 async def _resolved_upload(s: GatewayState, file: UploadFile, nifti_slice: int | None, timing: ServerTiming,
                            *, need_png: bool) -> Upload:
     """The upload, hashed and resolved (its record, else decoded and canonicalised), timed as ``upload``."""
@@ -70,20 +94,16 @@ async def predict(
     s: StateDep,
     response: Response,
     file: UploadField,
-    explain: Annotated[bool | None, Form(description="include the Grad-CAM overlay")] = None,
-    nifti_slice: Annotated[int | None, Form(ge=0, le=4096, description="axial slice of a NIfTI volume (default: central)")] = None,
-    tta: Annotated[bool | None, Form(description=TTA_HELP)] = None,
-    explain_q: Annotated[bool | None, Query(alias="explain", description="same as the form field")] = None,
-    tta_q: Annotated[bool | None, Query(alias="tta", description="same as the form field")] = None,
+    opts: OptionsDep,
 ) -> dict[str, Any]:
     """Stage of one MRI slice: calibrated probabilities for the four stages, the model version
     and ``quality`` (out-of-distribution and Grad-CAM warnings)."""
     timing = ServerTiming()
     t0 = time.perf_counter()
-    want_explain = flag(explain, explain_q)
-    up = await _resolved_upload(s, file, nifti_slice, timing, need_png=want_explain)
+    want_explain = opts.explain
+    up = await _resolved_upload(s, file, opts.nifti_slice, timing, need_png=want_explain)
     with timing.phase("classify"):
-        result, cached = await pipeline.classify(s, up, want_explain, timing, tta=flag(tta, tta_q))
+        result, cached = await pipeline.classify(s, up, want_explain, timing, tta=opts.tta)
     pipeline.with_quality(result)
     result["cached"] = cached
     if want_explain:
@@ -99,26 +119,22 @@ async def progression(
     in_flight: InFlightDep,
     response: Response,
     file: UploadField,
+    opts: OptionsDep,
     from_stage: Annotated[str | None, Form(max_length=32, description="start stage (name, slug nd/vmd/md/mod, or 0-3); default: the predicted stage")] = None,
-    explain: Annotated[bool | None, Form(description="include the Grad-CAM overlay")] = None,
-    nifti_slice: Annotated[int | None, Form(ge=0, le=4096)] = None,
-    tta: Annotated[bool | None, Form(description=TTA_HELP)] = None,
-    explain_q: Annotated[bool | None, Query(alias="explain")] = None,
-    from_stage_q: Annotated[str | None, Query(alias="from_stage", max_length=32)] = None,
-    tta_q: Annotated[bool | None, Query(alias="tta")] = None,
+    from_stage_q: Annotated[str | None, Query(alias="from_stage", max_length=32, description="same as the form field")] = None,
 ) -> dict[str, Any]:
     """Stage plus the synthetic road ahead: one SYNTHETIC slice per stage up to Moderate Dementia."""
     timing = ServerTiming()
     t0 = time.perf_counter()
     start = start_stage(from_stage, from_stage_q)
     # The upload is resolved even while a backend's circuit is open: its answer may be cached.
-    up = await _resolved_upload(s, file, nifti_slice, timing, need_png=True)
+    up = await _resolved_upload(s, file, opts.nifti_slice, timing, need_png=True)
     if up.decoded:
         # A new upload (no record): its chain is most likely not cached either, so the
         # generator will need the brain mask; compute it while the classifier works.
         up.start_mask()
     result, start, cached = await pipeline.classify_and_progress(
-        s, up, start, flag(explain, explain_q), flag(tta, tta_q), timing, alone=in_flight.total == 1)
+        s, up, start, opts.explain, opts.tta, timing, alone=in_flight.total == 1)
     result["from_stage"] = STAGES[start]
     result["canonical"] = await up.png()
     result["cached"] = cached

@@ -10,7 +10,7 @@ transition is computed (a PyTorch module here, or the service's chosen backend).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -42,9 +42,8 @@ def generator_feed(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 class TorchTransition:
     """A transition generator module run on pixels (the model's device, no gradients).
 
-    ``serving=True`` prepares the module for repeated CPU serving: batch norms folded into the
-    convolutions and the channels-last layout (the module is changed in place, so pass only a
-    module loaded for serving).
+    ``serving=True`` prepares the module for repeated CPU serving in the channels-last layout
+    (the module is changed in place, so pass only a module loaded for serving).
     """
 
     def __init__(self, model: "nn.Module", *, serving: bool = False) -> None:
@@ -52,9 +51,7 @@ class TorchTransition:
 
         model.eval()
         if serving:
-            from alzprog.models.fusion import fold_batchnorm
-
-            model = fold_batchnorm(model).to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.serving = serving
 
@@ -106,24 +103,19 @@ def run_transitions(
     transitions: Sequence[Transition],
     *,
     with_displacements: bool = False,
-    on_output: Callable[[int, np.ndarray], None] | None = None,
 ) -> TransitionOutputs:
     """Apply ``transitions`` in order to a canonical image; each step feeds the next (same mask).
 
     ``with_displacements``: also ask each transition for its displacement of its own input.
-    ``on_output(k, image)`` is called as soon as step ``k``'s image exists (the service starts
-    encoding it beside the next forward).
     """
     current = np.asarray(image, dtype=np.uint8)
     images: list[np.ndarray] = []
     displacements: list[np.ndarray | None] = []
-    for k, transition in enumerate(transitions):
+    for transition in transitions:
         if with_displacements:
             displacements.append(displacement_of(transition, current, mask))
         current = transition(current, mask)
         images.append(current)
-        if on_output is not None:
-            on_output(k, current)
     return TransitionOutputs(images, displacements)
 
 

@@ -12,8 +12,8 @@
   the shared thread count (:func:`run_session`).
 - Precision of an ONNX model (:func:`choose_precision`): fp32, or the model's int8 graph
   (:mod:`alzprog.quantization`) where its recorded admission check passed.
-- Eager PyTorch: :func:`prepare_torch_serving` sets the process-wide thread count and the
-  allocator once at start and returns the :class:`TorchThreads` policy for overlapping runs.
+- Eager PyTorch: :func:`prepare_torch_serving` sets the process-wide thread count once at
+  start and returns the :class:`TorchThreads` policy for overlapping runs.
 
 Measured figures behind these choices: docs/performance.md.
 """
@@ -21,8 +21,6 @@ Measured figures behind these choices: docs/performance.md.
 from __future__ import annotations
 
 import contextvars
-import ctypes
-import ctypes.util
 import logging
 import math
 import os
@@ -387,41 +385,10 @@ def prepare_torch_serving(policy: ThreadPolicy) -> TorchThreads | None:
     """Set up this process for serving eager PyTorch forwards, once at start.
 
     The process-wide intra-op thread count goes to ``policy.solo`` (a lone forward gets every
-    core) and the allocator keeps large buffers (:func:`keep_large_buffers`). Returns the
-    :class:`TorchThreads` that moves forwards to ``policy.shared`` while runs overlap, or
-    ``None`` for a fixed policy.
+    core). Returns the :class:`TorchThreads` that moves forwards to ``policy.shared`` while runs
+    overlap, or ``None`` for a fixed policy.
     """
     import torch
 
     torch.set_num_threads(policy.solo)
-    keep_large_buffers()
     return TorchThreads(policy) if policy.adaptive else None
-
-
-# --------------------------------------------------------------------------- allocator
-# glibc serves allocations above its mmap threshold (raised dynamically from a small start) with
-# fresh ``mmap`` calls and returns them on free, so every forward of a convolutional net
-# re-faults its multi-megabyte activation buffers page by page. Raising the threshold (and the
-# trim threshold with it) keeps those buffers in the heap for reuse, at the cost of memory kept
-# after a forward, bounded by the largest working set. Equivalent to starting the process with
-# ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``; a no-op off glibc.
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 256 * 1024 * 1024
-TRIM_THRESHOLD_BYTES = 512 * 1024 * 1024
-
-
-def keep_large_buffers() -> bool:
-    """Apply the thresholds with ``mallopt``; True when glibc accepted both."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        log.info("mallopt unavailable (not glibc): allocator left as it is")
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
-    if not ok:
-        log.warning("mallopt refused the thresholds: allocator left as it is")
-    return ok
