@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 from service_helpers import make_precision_sensitive, tiny_generator_artifact
 
 from alzprog.artifacts import load_artifact

@@ -81,6 +81,11 @@ def change_numbers(before: np.ndarray, after: np.ndarray, mask: np.ndarray) -> d
     pixels coloured as tissue loss, CSF gain and tissue gain. ``None`` values when the mask is empty.
     """
     b, a, m = _check(before, after, mask)
+    return _numbers(b, a, m, *_parts(b, a, m))
+
+
+def _numbers(b: np.ndarray, a: np.ndarray, m: np.ndarray, d: np.ndarray,
+             classes: dict[str, np.ndarray]) -> dict[str, float | int | None]:
     n = int(m.sum())
     out: dict[str, float | int | None] = {
         "brain_pixels": n,
@@ -93,8 +98,7 @@ def change_numbers(before: np.ndarray, after: np.ndarray, mask: np.ndarray) -> d
                    tissue_loss_fraction=None, csf_gain_fraction=None, tissue_gain_fraction=None)
         return out
     raw = (a - b)[m]
-    smooth = _difference(b, a)[m]
-    classes = _classes(b, a, m)
+    smooth = d[m]
     out.update(
         mean_change=float(raw.mean()),
         mean_abs_change=float(np.abs(raw).mean()),
@@ -113,15 +117,18 @@ def _difference(b: np.ndarray, a: np.ndarray) -> np.ndarray:
     return ndi.gaussian_filter(a - b, SMOOTH_SIGMA_PX)
 
 
-def _classes(b: np.ndarray, a: np.ndarray, m: np.ndarray) -> dict[str, np.ndarray]:
-    """Boolean maps of the three coloured kinds of change (inside ``m`` only)."""
+def _parts(b: np.ndarray, a: np.ndarray, m: np.ndarray, csf: float | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The smoothed difference and the boolean maps of the three coloured kinds of change
+    (inside ``m`` only), computed once for a step's numbers and its picture. ``csf``: the
+    input's CSF threshold, when the caller already has it."""
     d = _difference(b, a)
     changed = m & (np.abs(d) >= CHANGED_GREY_LEVELS)
-    from alzprog.morphometry import csf_threshold
+    if csf is None:
+        from alzprog.morphometry import csf_threshold
 
-    csf = csf_threshold(b, m)
+        csf = csf_threshold(b, m)
     darker = changed & (d < 0)
-    return {
+    return d, {
         "tissue_loss": darker & (a >= csf),
         "csf_gain": darker & (a < csf),
         "tissue_gain": changed & (d > 0),
@@ -135,8 +142,9 @@ def _grey_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def _paint(rgb: np.ndarray, where: np.ndarray, strength: np.ndarray, colour: tuple[int, int, int]) -> None:
-    alpha = (np.clip(strength, 0.0, 1.0) * where)[..., None]
-    rgb[:] = rgb * (1.0 - alpha) + np.asarray(colour, dtype=np.float32) * alpha
+    # Only the pixels of ``where`` change (elsewhere the blend has alpha 0 and keeps rgb as it is).
+    alpha = np.clip(strength[where], 0.0, 1.0)[:, None]
+    rgb[where] = rgb[where] * (1.0 - alpha) + np.asarray(colour, dtype=np.float32) * alpha
 
 
 def change_overlay(before: np.ndarray, after: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -146,11 +154,15 @@ def change_overlay(before: np.ndarray, after: np.ndarray, mask: np.ndarray) -> n
     No banner or legend (see :func:`change_map_png`).
     """
     b, a, m = _check(before, after, mask)
+    return _overlay(b, *_parts(b, a, m))
+
+
+def _overlay(b: np.ndarray, d: np.ndarray, classes: dict[str, np.ndarray]) -> np.ndarray:
     rgb = _grey_rgb(b)
-    strength = (np.abs(_difference(b, a)) - CHANGED_GREY_LEVELS) / (SCALE_GREY_LEVELS - CHANGED_GREY_LEVELS)
+    strength = (np.abs(d) - CHANGED_GREY_LEVELS) / (SCALE_GREY_LEVELS - CHANGED_GREY_LEVELS)
     # Full colour from the threshold's start would hide the grade; start at a visible opacity.
     strength = 0.35 + 0.65 * np.clip(strength, 0.0, 1.0)
-    for name, where in _classes(b, a, m).items():
+    for name, where in classes.items():
         _paint(rgb, where, strength, LEGEND[name]["rgb"])
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 
@@ -237,9 +249,13 @@ def _with_banner_and_legend(rgb: np.ndarray, kind: str) -> np.ndarray:
 
 def change_map_png(before: np.ndarray, after: np.ndarray, mask: np.ndarray) -> str:
     """:func:`change_overlay` with the SYNTHETIC banner and the legend, as a PNG data URL."""
+    return _map_png(change_overlay(before, after, mask))
+
+
+def _map_png(overlay: np.ndarray) -> str:
     from alzprog.decode import png_data_url
 
-    return png_data_url(_with_banner_and_legend(change_overlay(before, after, mask), "intensity"))
+    return png_data_url(_with_banner_and_legend(overlay, "intensity"))
 
 
 def deformation_map_png(before: np.ndarray, displacement: np.ndarray, mask: np.ndarray) -> str:
@@ -292,11 +308,14 @@ def describe_chain(
     displacements = displacements or [None] * len(steps)
     out = []
     step_inputs = [b8] + [np.asarray(s, dtype=np.uint8) for s in steps[:-1]]
+    bf = b8.astype(np.float32)
     for after, disp, step_input in zip(steps, displacements, step_inputs):
         a8 = np.asarray(after, dtype=np.uint8)
+        b, a, _ = _check(bf, a8, m)
+        d, classes = _parts(b, a, m, threshold)
         entry: dict[str, Any] = {
-            "change_map": change_map_png(b8, a8, m),
-            "change": change_numbers(b8, a8, m),
+            "change_map": _map_png(_overlay(b, d, classes)),
+            "change": _numbers(b, a, m, d, classes),
             "morphometry": morphometry_dict(measure(a8, brain_mask(a8), threshold=threshold), reference),
             "deformation_map": None,
             "deformation": None,
