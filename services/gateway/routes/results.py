@@ -35,9 +35,12 @@ UploadField = Annotated[UploadFile, File(description="one MRI slice: PNG, JPEG, 
 router = APIRouter(tags=["results"])
 
 
-def start_stage(form: str | None, query: str | None) -> int | None:
+def start_stage(
+    from_stage: Annotated[str | None, Form(max_length=32, description="start stage of the chain (name, slug nd/vmd/md/mod, or 0-3); default: the predicted stage (for a volume: the voted one)")] = None,
+    from_stage_q: Annotated[str | None, Query(alias="from_stage", max_length=32, description="same as the form field")] = None,
+) -> int | None:
     """The stage a chain starts from, as the form field or the query names it; None: the predicted one."""
-    requested = form if form is not None else query
+    requested = from_stage if from_stage is not None else from_stage_q
     if requested is None or not requested.strip():
         return None
     try:
@@ -72,6 +75,7 @@ def result_options(
 
 
 OptionsDep = Annotated[ResultOptions, Depends(result_options)]
+StartDep = Annotated[int | None, Depends(start_stage)]
 
 
 async def _resolved_upload(s: GatewayState, file: UploadFile, nifti_slice: int | None, timing: ServerTiming,
@@ -120,13 +124,11 @@ async def progression(
     response: Response,
     file: UploadField,
     opts: OptionsDep,
-    from_stage: Annotated[str | None, Form(max_length=32, description="start stage (name, slug nd/vmd/md/mod, or 0-3); default: the predicted stage")] = None,
-    from_stage_q: Annotated[str | None, Query(alias="from_stage", max_length=32, description="same as the form field")] = None,
+    start: StartDep,
 ) -> dict[str, Any]:
     """Stage plus the synthetic road ahead: one SYNTHETIC slice per stage up to Moderate Dementia."""
     timing = ServerTiming()
     t0 = time.perf_counter()
-    start = start_stage(from_stage, from_stage_q)
     # The upload is resolved even while a backend's circuit is open: its answer may be cached.
     up = await _resolved_upload(s, file, opts.nifti_slice, timing, need_png=True)
     if up.decoded:
@@ -151,19 +153,17 @@ async def volume(
     s: StateDep,
     response: Response,
     file: Annotated[UploadFile, File(description="one NIfTI-1 volume (.nii or .nii.gz), or a zip of one DICOM series (single-frame, uncompressed)")],
+    start: StartDep,
     explain: Annotated[bool | None, Form(description="Grad-CAM of the representative slice")] = None,
     progression: Annotated[bool | None, Form(description="synthesize the progression from the representative slice (default true)")] = None,
-    from_stage: Annotated[str | None, Form(max_length=32, description="start stage of the chain; default: the voted stage")] = None,
     explain_q: Annotated[bool | None, Query(alias="explain")] = None,
     progression_q: Annotated[bool | None, Query(alias="progression")] = None,
-    from_stage_q: Annotated[str | None, Query(alias="from_stage", max_length=32)] = None,
 ) -> dict[str, Any]:
     """Stage a subject from a whole volume: reoriented to axial, the brain-bearing slices in the
     trained level range (at most ``volume.max_slices``), soft voting of their probabilities with
     the spread, and the progression of the representative slice it names."""
     timing = ServerTiming()
     t0 = time.perf_counter()
-    start = start_stage(from_stage, from_stage_q)
     want_chain = progression if progression is not None else (progression_q if progression_q is not None else True)
     with timing.phase("upload"):
         picked = await s.decoder.volume(await file.read())

@@ -832,17 +832,12 @@ def split_pair_cache(frames: dict[str, pd.DataFrame], pairs_csv: Path | str | No
     return CanonicalCache.build(paths, progress=progress) if paths else None
 
 
-def train(
-    split_dir: Path | str,
-    transition: str,
-    cfg: dict[str, Any],
-    *,
-    pairs_csv: Path | str | None = None,
-    out_dir: Path | str | None = None,
-    register: bool = True,
-    promote: bool = False,
-) -> list[TransitionResult]:
-    """Train ``transition`` (or all three in sequence with ``all``), each as its own MLflow run."""
+def train(split_dir: Path | str, transition: str, cfg: dict[str, Any], *, pairs_csv: Path | str | None = None,
+          out_dir: Path | str | None = None, **options: Any) -> list[TransitionResult]:
+    """Train ``transition`` (or all three in sequence with ``all``), each as its own MLflow run.
+
+    ``options`` (``register``, ``promote``) go to :func:`train_transition` unchanged.
+    """
     from alzprog.data.split import load_split
     from alzprog.training.common import DistContext
 
@@ -854,8 +849,8 @@ def train(
         for t in expand_transitions(transition):
             sub = Path(out_dir) / t if out_dir else None
             results.append(
-                train_transition(split_dir, t, cfg, pairs_csv=pairs_csv, out_dir=sub, register=register, promote=promote,
-                                 ctx=ctx, frames=frames, cache=cache)
+                train_transition(split_dir, t, cfg, pairs_csv=pairs_csv, out_dir=sub, ctx=ctx, frames=frames, cache=cache,
+                                 **options)
             )
     finally:
         ctx.cleanup()
