@@ -21,6 +21,7 @@ the upload size.
 from __future__ import annotations
 
 import hashlib
+import math
 from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,25 +58,76 @@ def _disk(radius: int) -> np.ndarray:
     return x * x + y * y <= r * r
 
 
-def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Binary erosion by a disk; outside the image counts as background.
+@lru_cache(maxsize=64)
+def _disk_rects(sq_radius: int) -> tuple[tuple[int, int], ...]:
+    """(half-height, half-width) of rectangles whose union is the disk {dy^2 + dx^2 <= sq_radius}.
 
-    Large disks go through a distance transform (cost independent of the radius): a pixel
-    survives iff its distance to the nearest background pixel exceeds the radius, which is
-    exactly erosion by the disk {x^2 + y^2 <= r^2}.
+    A row at |dy| = k of the disk has half-width w(k) = isqrt(sq_radius - k^2), which does not
+    grow with k; so the rectangle |dy| <= k, |dx| <= w(k) lies inside the disk, and the
+    rectangles at the last k of each run of equal w cover it. A rectangle is separable, so a
+    morphological operation by the disk becomes a few 1-D min/max filters, whose cost does not
+    depend on the size of the structuring element.
     """
-    if radius < 3:
-        return ndi.binary_erosion(mask, _disk(radius), border_value=0)
-    return ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1] > radius
+    m = int(sq_radius)
+    r = math.isqrt(m)
+    widths = [math.isqrt(m - k * k) for k in range(r + 1)]
+    return tuple((k, widths[k]) for k in range(r + 1) if k == r or widths[k + 1] < widths[k])
+
+
+def _morph_disk(mask: np.ndarray, sq_radius: int, erode: bool) -> np.ndarray:
+    """Binary erosion (or dilation) by the disk {dy^2 + dx^2 <= sq_radius}; outside the image
+    counts as background for both.
+
+    Erosion by a union of rectangles is the intersection of the erosions by each (dilation:
+    the union of the dilations), and each rectangle is a row filter then a column filter.
+    """
+    a = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    filt = ndi.minimum_filter1d if erode else ndi.maximum_filter1d
+    combine = np.minimum if erode else np.maximum
+    out = None
+    for k, w in _disk_rects(sq_radius):
+        t = filt(a, 2 * w + 1, axis=1, mode="constant", cval=0) if w else a
+        if k:
+            t = filt(t, 2 * k + 1, axis=0, mode="constant", cval=0)
+        if out is None:
+            out = t if t is not a else a.copy()
+        else:
+            combine(out, t, out=out)
+    return out.view(bool)
+
+
+def _sq_below(threshold: float) -> int:
+    """The largest integer n with sqrt(n) < threshold, sqrt in float64 as a distance
+    transform computes it (-1 if there is none). sqrt is monotone, so these n are 0..result."""
+    n = int(math.ceil(max(float(threshold), 0.0) ** 2)) + 2
+    while n >= 0 and not np.sqrt(np.float64(n)) < threshold:
+        n -= 1
+    return n
+
+
+def _erode_sq(mask: np.ndarray, sq_radius: int) -> np.ndarray:
+    """The pixels of ``mask`` whose squared distance to the background (outside the image
+    included) exceeds ``sq_radius``: erosion by the disk {dy^2 + dx^2 <= sq_radius}."""
+    if sq_radius < 0:  # the empty structuring element
+        return np.ones_like(mask, dtype=bool)
+    return _morph_disk(mask, sq_radius, erode=True)
+
+
+def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary erosion by the disk {x^2 + y^2 <= r^2}; outside the image counts as background.
+
+    The same pixels as scipy's binary_erosion by :func:`_disk` with border_value=0, and as
+    thresholding a distance transform: a pixel survives iff its distance to the nearest
+    background pixel exceeds the radius.
+    """
+    r = max(int(radius), 1)
+    return _morph_disk(mask, r * r, erode=True)
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Binary dilation by a disk (distance transform for large disks, see :func:`_erode`)."""
-    if radius < 3:
-        return ndi.binary_dilation(mask, _disk(radius))
-    if not mask.any():
-        return mask.copy()
-    return ndi.distance_transform_edt(~mask) <= radius
+    """Binary dilation by the disk {x^2 + y^2 <= r^2} (the pixels within the radius of the mask)."""
+    r = max(int(radius), 1)
+    return _morph_disk(mask, r * r, erode=False)
 
 
 def _close(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -86,6 +138,20 @@ def _close(mask: np.ndarray, radius: int) -> np.ndarray:
 
 def _open(mask: np.ndarray, radius: int) -> np.ndarray:
     return _dilate(_erode(mask, radius), radius)
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """scipy's binary_fill_holes (default structure): background not 4-connected to the image
+    border becomes foreground. Labelling the background once finds the same pixels as
+    scipy's propagation from the border."""
+    labels, n = ndi.label(~mask)
+    if n == 0:
+        return np.ones_like(mask, dtype=bool)
+    outer = np.zeros(n + 1, dtype=bool)
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        outer[edge] = True
+    outer[0] = False
+    return ~outer[labels]
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -180,7 +246,7 @@ def _head_mask_work(g: np.ndarray) -> np.ndarray:
     t = _otsu(g)
     head = g > max(0.5 * t, 8.0)
     head = _close(head, 2)
-    head = ndi.binary_fill_holes(head)
+    head = _fill_holes(head)
     head = _open(head, 1)
     return _largest_component(head)
 
@@ -209,9 +275,11 @@ def _brain_mask_work(g: np.ndarray, head: np.ndarray) -> np.ndarray:
 def _brain_mask_box(g: np.ndarray, head: np.ndarray) -> np.ndarray:
     area = int(head.sum())
     radius = np.sqrt(area / np.pi)  # radius of a disc of the head's area
-    dist = ndi.distance_transform_edt(np.pad(head, 1))[1:-1, 1:-1]
-    # The skull and scalp form a band along the head border: never brain.
-    rim = dist < 0.06 * radius
+    # The skull and scalp form a band along the head border: never brain. The band is the
+    # pixels whose Euclidean distance to the background (outside the image included) is
+    # below 0.06 * radius: distances are square roots of integers, so that is erosion by the
+    # disk of the largest squared distance still below the threshold.
+    rim = ~_erode_sq(head, _sq_below(0.06 * radius))
     lo, hi = _otsu3(g[head])
     # Brain tissue: brighter than the skull gap / CSF, darker than scalp and orbital fat.
     tissue = head & ~rim & (g > 0.65 * lo) & (g < 1.3 * hi)
@@ -246,16 +314,18 @@ def _brain_mask_box(g: np.ndarray, head: np.ndarray) -> np.ndarray:
     taken = np.zeros(n + 1, dtype=bool)
     taken[0] = taken[best] = True
     while True:
-        near = np.unique(labels[_dilate(brain, 3 * r)])
-        new = [int(i) for i in near if not taken[i] and sizes[i] >= min_size and solidity[i] >= 0.5]
+        near = np.zeros(n + 1, dtype=bool)
+        near[labels[_dilate(brain, 3 * r)]] = True
+        new = [int(i) for i in np.flatnonzero(near) if not taken[i] and sizes[i] >= min_size and solidity[i] >= 0.5]
         if not new:
             break
-        for i in new:
-            taken[i] = True
-            brain |= labels == i
+        taken[new] = True
+        members = taken.copy()
+        members[0] = False  # label 0 is the background, taken only so that it is never added
+        brain = members[labels]
     brain = _dilate(brain, r) & tissue
     brain = _close(brain, 2 * r)
-    brain = ndi.binary_fill_holes(brain)
+    brain = _fill_holes(brain)
     brain = _open(brain, 2 * r)
     return _largest_component(brain) & head & ~rim
 
