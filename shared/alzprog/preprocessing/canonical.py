@@ -59,41 +59,43 @@ def _disk(radius: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=64)
-def _disk_rects(sq_radius: int) -> tuple[tuple[int, int], ...]:
-    """(half-height, half-width) of rectangles whose union is the disk {dy^2 + dx^2 <= sq_radius}.
-
-    A row at |dy| = k of the disk has half-width w(k) = isqrt(sq_radius - k^2), which does not
-    grow with k; so the rectangle |dy| <= k, |dx| <= w(k) lies inside the disk, and the
-    rectangles at the last k of each run of equal w cover it. A rectangle is separable, so a
-    morphological operation by the disk becomes a few 1-D min/max filters, whose cost does not
-    depend on the size of the structuring element.
-    """
+def _disk_widths(sq_radius: int) -> tuple[int, ...]:
+    """Half-width of each row |dy| = 0, 1, ... of the disk {dy^2 + dx^2 <= sq_radius}."""
     m = int(sq_radius)
-    r = math.isqrt(m)
-    widths = [math.isqrt(m - k * k) for k in range(r + 1)]
-    return tuple((k, widths[k]) for k in range(r + 1) if k == r or widths[k + 1] < widths[k])
+    return tuple(math.isqrt(m - k * k) for k in range(math.isqrt(m) + 1))
 
 
 def _morph_disk(mask: np.ndarray, sq_radius: int, erode: bool) -> np.ndarray:
     """Binary erosion (or dilation) by the disk {dy^2 + dx^2 <= sq_radius}; outside the image
     counts as background for both.
 
-    Erosion by a union of rectangles is the intersection of the erosions by each (dilation:
-    the union of the dilations), and each rectangle is a row filter then a column filter.
+    The disk is a stack of centred row segments, so the result is the AND (OR) over its rows
+    dy of the image shifted by dy and eroded (dilated) along x by that row's segment; the
+    segments of all half-widths come from one pass that widens them one pixel at a time.
+    Shifts are slices of a copy padded with background, so no pixel outside the image is
+    ever foreground.
     """
-    a = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
-    filt = ndi.minimum_filter1d if erode else ndi.maximum_filter1d
-    combine = np.minimum if erode else np.maximum
-    out = None
-    for k, w in _disk_rects(sq_radius):
-        t = filt(a, 2 * w + 1, axis=1, mode="constant", cval=0) if w else a
-        if k:
-            t = filt(t, 2 * k + 1, axis=0, mode="constant", cval=0)
-        if out is None:
-            out = t if t is not a else a.copy()
-        else:
-            combine(out, t, out=out)
-    return out.view(bool)
+    m = np.asarray(mask, dtype=bool)
+    widths = _disk_widths(sq_radius)
+    r = widths[0]
+    if r == 0:
+        return m.copy()
+    H, W = m.shape
+    op = np.logical_and if erode else np.logical_or
+    padded = np.zeros((H + 2 * r, W + 2 * r), dtype=bool)
+    padded[r : r + H, r : r + W] = m
+    # rows[w]: every row of the padded image, eroded (dilated) along x by the segment |dx| <= w
+    rows = [padded[:, r : r + W]]
+    for w in range(1, r + 1):
+        t = op(rows[-1], padded[:, r - w : r - w + W])
+        op(t, padded[:, r + w : r + w + W], out=t)
+        rows.append(t)
+    out = rows[widths[0]][r : r + H].copy()
+    for k in range(1, r + 1):
+        seg = rows[widths[k]]
+        op(out, seg[r - k : r - k + H], out=out)
+        op(out, seg[r + k : r + k + H], out=out)
+    return out
 
 
 def _sq_below(threshold: float) -> int:
