@@ -274,6 +274,23 @@ def _brain_mask_work(g: np.ndarray, head: np.ndarray) -> np.ndarray:
     return out
 
 
+def _label_centres(mask: np.ndarray, labels: np.ndarray, n: int) -> list[tuple[float, float]]:
+    """ndi.center_of_mass(mask, labels, range(1, n + 1)) for labels 1..n of ``ndi.label``.
+
+    The same floating-point operations in the same order as scipy (per-label bincount sums of
+    the mask and of the mask times each coordinate, then one division), so the same numbers,
+    without scipy's checks and index remapping for arbitrary label arrays.
+    """
+    flat = labels.ravel()
+    normalizer = np.bincount(flat, weights=mask.ravel(), minlength=n + 1)[1 : n + 1]
+    grids = np.ogrid[[slice(0, i) for i in mask.shape]]
+    results = [
+        np.bincount(flat, weights=(mask * grids[d].astype(float)).ravel(), minlength=n + 1)[1 : n + 1] / normalizer
+        for d in range(mask.ndim)
+    ]
+    return [tuple(v) for v in np.array(results).T]
+
+
 def _brain_mask_box(g: np.ndarray, head: np.ndarray) -> np.ndarray:
     area = int(head.sum())
     radius = np.sqrt(area / np.pi)  # radius of a disc of the head's area
@@ -300,7 +317,7 @@ def _brain_mask_box(g: np.ndarray, head: np.ndarray) -> np.ndarray:
     solid = np.bincount(labels[opened], minlength=n + 1).astype(np.float64)
     solid[0] = 0
     cy, cx = ndi.center_of_mass(head)
-    centres = ndi.center_of_mass(core, labels, range(1, n + 1))
+    centres = _label_centres(core, labels, n)
     # Prefer large solid components near the head centre (the brain, not a piece of face).
     score = np.zeros(n + 1)
     for i, (y, x) in enumerate(centres, start=1):
