@@ -274,21 +274,38 @@ def _brain_mask_work(g: np.ndarray, head: np.ndarray) -> np.ndarray:
     return out
 
 
-def _label_centres(mask: np.ndarray, labels: np.ndarray, n: int) -> list[tuple[float, float]]:
-    """ndi.center_of_mass(mask, labels, range(1, n + 1)) for labels 1..n of ``ndi.label``.
+@lru_cache(maxsize=16)
+def _pixel_coords(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column index of every pixel of a ``shape`` image, flattened, as float64."""
+    rows, cols = np.indices(shape, dtype=np.float64)
+    rows, cols = rows.ravel(), cols.ravel()
+    rows.setflags(write=False)
+    cols.setflags(write=False)
+    return rows, cols
 
-    The same floating-point operations in the same order as scipy (per-label bincount sums of
-    the mask and of the mask times each coordinate, then one division), so the same numbers,
-    without scipy's checks and index remapping for arbitrary label arrays.
+
+def _label_centres(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column centres of labels 1..n: ndi.center_of_mass(labels > 0, labels, range(1, n + 1)).
+
+    scipy divides per-label sums of the pixel coordinates by the pixel counts. Those sums are
+    of integers far below 2**53, so every summation order gives them exactly, and the one
+    division per label then gives the same float64 as scipy's.
     """
     flat = labels.ravel()
-    normalizer = np.bincount(flat, weights=mask.ravel(), minlength=n + 1)[1 : n + 1]
-    grids = np.ogrid[[slice(0, i) for i in mask.shape]]
-    results = [
-        np.bincount(flat, weights=(mask * grids[d].astype(float)).ravel(), minlength=n + 1)[1 : n + 1] / normalizer
-        for d in range(mask.ndim)
-    ]
-    return [tuple(v) for v in np.array(results).T]
+    rows, cols = _pixel_coords(labels.shape)
+    counts = np.bincount(flat, minlength=n + 1)[1 : n + 1]
+    cy = np.bincount(flat, weights=rows, minlength=n + 1)[1 : n + 1] / counts
+    cx = np.bincount(flat, weights=cols, minlength=n + 1)[1 : n + 1] / counts
+    return cy, cx
+
+
+def _centre(mask: np.ndarray) -> tuple[float, float]:
+    """ndi.center_of_mass(mask) of a boolean mask: exact integer coordinate sums over the pixel
+    count, the same float64 division as scipy's."""
+    count = int(mask.sum())
+    cy = np.float64(int(mask.sum(axis=1) @ np.arange(mask.shape[0]))) / count
+    cx = np.float64(int(mask.sum(axis=0) @ np.arange(mask.shape[1]))) / count
+    return cy, cx
 
 
 def _brain_mask_box(g: np.ndarray, head: np.ndarray) -> np.ndarray:
@@ -316,13 +333,12 @@ def _brain_mask_box(g: np.ndarray, head: np.ndarray) -> np.ndarray:
     opened = _open(core, 2 * r)
     solid = np.bincount(labels[opened], minlength=n + 1).astype(np.float64)
     solid[0] = 0
-    cy, cx = ndi.center_of_mass(head)
-    centres = _label_centres(core, labels, n)
+    cy, cx = _centre(head)
+    ys, xs = _label_centres(labels, n)
     # Prefer large solid components near the head centre (the brain, not a piece of face).
     score = np.zeros(n + 1)
-    for i, (y, x) in enumerate(centres, start=1):
-        d = np.hypot((y - cy) / head.shape[0], (x - cx) / head.shape[1])
-        score[i] = solid[i] / (1.0 + 4.0 * d)
+    d = np.hypot((ys - cy) / head.shape[0], (xs - cx) / head.shape[1])
+    score[1:] = solid[1:] / (1.0 + 4.0 * d)
     best = int(np.argmax(score))
     brain = labels == best
     # Grow by sizeable solid components lying close to the accepted region: the temporal
