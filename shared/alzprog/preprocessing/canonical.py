@@ -135,18 +135,25 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
 def _close(mask: np.ndarray, radius: int) -> np.ndarray:
     # Pad so that shapes touching the border close as if the image went on.
     p = radius + 1
-    return _erode(_dilate(np.pad(mask, p), radius), radius)[p:-p, p:-p]
+    padded = np.zeros((mask.shape[0] + 2 * p, mask.shape[1] + 2 * p), dtype=bool)
+    padded[p:-p, p:-p] = mask
+    return _erode(_dilate(padded, radius), radius)[p:-p, p:-p]
 
 
 def _open(mask: np.ndarray, radius: int) -> np.ndarray:
     return _dilate(_erode(mask, radius), radius)
 
 
+# scipy's default structuring element for label and binary_fill_holes in 2-D (4-connectivity),
+# built once instead of on every call.
+_CROSS = ndi.generate_binary_structure(2, 1)
+
+
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """scipy's binary_fill_holes (default structure): background not 4-connected to the image
     border becomes foreground. Labelling the background once finds the same pixels as
     scipy's propagation from the border."""
-    labels, n = ndi.label(~mask)
+    labels, n = ndi.label(~mask, _CROSS)
     if n == 0:
         return np.ones_like(mask, dtype=bool)
     outer = np.zeros(n + 1, dtype=bool)
@@ -157,7 +164,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
-    labels, n = ndi.label(mask)
+    labels, n = ndi.label(mask, _CROSS)
     if n == 0:
         return mask.copy()
     sizes = np.bincount(labels.ravel())
@@ -322,7 +329,7 @@ def _brain_mask_box(g: np.ndarray, head: np.ndarray) -> np.ndarray:
     r = max(1, int(round(0.03 * radius)))
     # Erode so that thin tissue bridges across the skull gap (to scalp, muscles) break.
     core = _erode(tissue, r)
-    labels, n = ndi.label(core)
+    labels, n = ndi.label(core, _CROSS)
     if n == 0:
         return np.zeros_like(head)
     sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
@@ -356,13 +363,28 @@ def _brain_mask_box(g: np.ndarray, head: np.ndarray) -> np.ndarray:
             break
         taken[new] = True
         members = taken.copy()
-        members[0] = False  # label 0 is the background, taken only so that it is never added
+        # Label 0 (not core) is taken only so that it is never added; it is brain only if
+        # it was chosen as best (no component survived the opening).
+        members[0] = best == 0
         brain = members[labels]
-    brain = _dilate(brain, r) & tissue
+    out = np.zeros_like(head)
+    if not brain.any():
+        return out
+    # The steps below grow the brain by at most 3r pixels (dilation by r, closing by 2r) and
+    # otherwise only remove pixels or fill holes, so they run on the brain's box with a
+    # margin of 3r + 1: beyond it every step's answer is background, inside it the same as
+    # on the whole box (the margin keeps a background ring around the closed mask, so filling
+    # holes and labelling see the same components, numbered in the same raster order).
+    rows = np.flatnonzero(brain.any(axis=1))
+    cols = np.flatnonzero(brain.any(axis=0))
+    m = 3 * r + 1
+    bb = (slice(max(rows[0] - m, 0), rows[-1] + 1 + m), slice(max(cols[0] - m, 0), cols[-1] + 1 + m))
+    brain = _dilate(brain[bb], r) & tissue[bb]
     brain = _close(brain, 2 * r)
     brain = _fill_holes(brain)
     brain = _open(brain, 2 * r)
-    return _largest_component(brain) & head & ~rim
+    out[bb] = _largest_component(brain) & head[bb] & ~rim[bb]
+    return out
 
 
 def brain_mask(gray: np.ndarray) -> np.ndarray:
