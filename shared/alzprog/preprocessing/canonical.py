@@ -160,6 +160,8 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
         outer[edge] = True
     outer[0] = False
+    if outer[1:].all():  # no hole
+        return mask.copy()
     return ~outer[labels]
 
 
@@ -167,8 +169,7 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     labels, n = ndi.label(mask, _CROSS)
     if n == 0:
         return mask.copy()
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
+    sizes = np.bincount(labels[labels > 0], minlength=n + 1)  # label 0 (background) counts 0
     return labels == int(np.argmax(sizes))
 
 
@@ -281,29 +282,22 @@ def _brain_mask_work(g: np.ndarray, head: np.ndarray) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=16)
-def _pixel_coords(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column index of every pixel of a ``shape`` image, flattened, as float64."""
-    rows, cols = np.indices(shape, dtype=np.float64)
-    rows, cols = rows.ravel(), cols.ravel()
-    rows.setflags(write=False)
-    cols.setflags(write=False)
-    return rows, cols
-
-
-def _label_centres(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column centres of labels 1..n: ndi.center_of_mass(labels > 0, labels, range(1, n + 1)).
+def _label_centres(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel counts and row and column centres of labels 1..n of ``ndi.label``; the centres are
+    ndi.center_of_mass(labels > 0, labels, range(1, n + 1)).
 
     scipy divides per-label sums of the pixel coordinates by the pixel counts. Those sums are
-    of integers far below 2**53, so every summation order gives them exactly, and the one
-    division per label then gives the same float64 as scipy's.
+    of integers far below 2**53, so every summation order gives them exactly (here: over the
+    labelled pixels only), and the one division per label then gives the same float64.
     """
-    flat = labels.ravel()
-    rows, cols = _pixel_coords(labels.shape)
-    counts = np.bincount(flat, minlength=n + 1)[1 : n + 1]
-    cy = np.bincount(flat, weights=rows, minlength=n + 1)[1 : n + 1] / counts
-    cx = np.bincount(flat, weights=cols, minlength=n + 1)[1 : n + 1] / counts
-    return cy, cx
+    idx = np.flatnonzero(labels)
+    lab = labels.ravel()[idx]
+    rows = idx // labels.shape[1]
+    cols = idx - rows * labels.shape[1]
+    counts = np.bincount(lab, minlength=n + 1)[1 : n + 1]
+    cy = np.bincount(lab, weights=rows, minlength=n + 1)[1 : n + 1] / counts
+    cx = np.bincount(lab, weights=cols, minlength=n + 1)[1 : n + 1] / counts
+    return counts, cy, cx
 
 
 def _centre(mask: np.ndarray) -> tuple[float, float]:
@@ -332,8 +326,9 @@ def _brain_mask_box(g: np.ndarray, head: np.ndarray) -> np.ndarray:
     labels, n = ndi.label(core, _CROSS)
     if n == 0:
         return np.zeros_like(head)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1).astype(np.float64)
-    sizes[0] = 0
+    counts, ys, xs = _label_centres(labels, n)
+    sizes = np.zeros(n + 1)
+    sizes[1:] = counts
     # Brain tissue forms smooth compact lobes; facial tissue (muscle, glands, sinuses
     # mucosa) forms ragged patches. The part of each component that survives an opening
     # measures that: count it instead of the raw size.
@@ -341,7 +336,6 @@ def _brain_mask_box(g: np.ndarray, head: np.ndarray) -> np.ndarray:
     solid = np.bincount(labels[opened], minlength=n + 1).astype(np.float64)
     solid[0] = 0
     cy, cx = _centre(head)
-    ys, xs = _label_centres(labels, n)
     # Prefer large solid components near the head centre (the brain, not a piece of face).
     score = np.zeros(n + 1)
     d = np.hypot((ys - cy) / head.shape[0], (xs - cx) / head.shape[1])
