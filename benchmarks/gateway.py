@@ -97,6 +97,7 @@ def _cached_is(expected: bool, steps: int | None = None):  # noqa: ANN202
 
 def _png_rows(image: Any, warm: int, repeats: int) -> list[Measurement]:
     """Marking + PNG encoding of three steps in process, at the served level and at level 6."""
+    import base64
     import io
 
     from PIL import Image
@@ -104,10 +105,10 @@ def _png_rows(image: Any, warm: int, repeats: int) -> list[Measurement]:
     from alzprog.decode import png_data_url
     from alzprog.preprocessing import mark_synthetic
 
-    def level6(marked: Any) -> bytes:
+    def level6(marked: Any) -> str:  # png_data_url with Pillow's default level: like with like
         buf = io.BytesIO()
         Image.fromarray(marked).save(buf, format="PNG", optimize=False, compress_level=6)
-        return buf.getvalue()
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
     rows = []
     for variant, encode in (("mark + PNG x3, served zlib level", png_data_url), ("mark + PNG x3, zlib level 6", level6)):

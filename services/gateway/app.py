@@ -23,8 +23,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.common.app import build_app, serve
 from alzprog.inference.runtime import available_cpus
+
+from services.common.app import build_app, serve
 from services.common.logs import configure_logging
 from services.gateway.admission import InFlight, InFlightLimitMiddleware
 from services.gateway.auth import ApiKeyMiddleware

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from alzprog.inference.runtime import available_cpus
+
 from services.common.errors import ServiceError, unavailable
 from services.gateway.cache import ResultCache, SingleFlight
 from services.gateway.clients import BackendClient, CircuitBreaker

@@ -104,13 +104,12 @@ async def predict(
     and ``quality`` (out-of-distribution and Grad-CAM warnings)."""
     timing = ServerTiming()
     t0 = time.perf_counter()
-    want_explain = opts.explain
-    up = await _resolved_upload(s, file, opts.nifti_slice, timing, need_png=want_explain)
+    up = await _resolved_upload(s, file, opts.nifti_slice, timing, need_png=opts.explain)
     with timing.phase("classify"):
-        result, cached = await pipeline.classify(s, up, want_explain, timing, tta=opts.tta)
+        result, cached = await pipeline.classify(s, up, opts.explain, timing, tta=opts.tta)
     pipeline.with_quality(result)
     result["cached"] = cached
-    if want_explain:
+    if opts.explain:
         result["canonical"] = await up.png()
     log.info("predicted", extra={"stage_index": result["stage_index"], "cached": cached, "model_version": result["model"]["version"]})
     _answered(response, timing, t0)
